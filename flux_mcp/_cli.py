@@ -1,0 +1,89 @@
+"""The ``flux-mcp`` command: serve the MCP server, run the local fal emulator, or run the demo.
+
+On stdio, stdout belongs to the protocol: everything this module prints for people goes to stderr,
+except the demo's report, which is not an MCP server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flux_mcp._version import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flux-mcp",
+        description="fal.ai FLUX image models as MCP tools. With no command, serves MCP on stdio.",
+    )
+    parser.add_argument("--version", action="version", version=f"flux-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    serve = commands.add_parser("serve", help="serve the MCP server (default: stdio)")
+    serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+
+    emulator = commands.add_parser("emulator", help="run the local fal emulator (no account, no network)")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--job-seconds", type=float, default=None, help="how long each job runs")
+
+    demo = commands.add_parser("demo", help="make an image end to end, offline, through a real MCP client")
+    demo.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
+    demo.add_argument("--model", default="fal-ai/flux-pro/v1.1-ultra")
+    demo.add_argument("--aspect-ratio", default="16:9")
+    demo.add_argument(
+        "--output-dir", type=Path, default=None, help="where to save (default: FLUX_MCP_OUTPUT_DIR)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flux-mcp`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("FLUX_MCP_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = args.command or "serve"
+    if command == "emulator":
+        from flux_mcp.emulator import EmulatorConfig, serve
+
+        config = (
+            EmulatorConfig() if args.job_seconds is None else EmulatorConfig(job_seconds=args.job_seconds)
+        )
+        serve(host=args.host, port=args.port, config=config)
+        return 0
+    if command == "demo":
+        from flux_mcp._demo import run_demo
+
+        return run_demo(
+            prompt=args.prompt, model=args.model, aspect_ratio=args.aspect_ratio, output_dir=args.output_dir
+        )
+
+    from flux_mcp.server import UnsafeBindError, build_server, serve_http
+    from flux_mcp.settings import Settings
+
+    settings = Settings()
+    server = build_server(settings)
+    transport = getattr(args, "transport", "stdio")
+    if transport == "stdio":
+        server.run("stdio")
+        return 0
+    try:
+        serve_http(server, transport, host=args.host, port=args.port)
+    except UnsafeBindError as exc:
+        print(f"flux-mcp: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
