@@ -183,7 +183,7 @@ class JobService:
             status_url=handle.status_url,
             response_url=handle.response_url,
             cancel_url=handle.cancel_url,
-            arguments=fal_input.model_dump(mode="json", exclude_none=True),
+            arguments=_journal_arguments(fal_input),
             prompt=params.prompt,
             status="queued",
             queue_position=handle.queue_position,
@@ -394,7 +394,8 @@ class JobService:
                 data = await path.read_bytes()
             except OSError:
                 continue
-            found.append(Preview(data=data, width=0, height=0))
+            width, height, mime_type = image_dimensions(data)
+            found.append(Preview(data=data, width=width, height=height, mime_type=mime_type))
         return found
 
     # ------------------------------------------------------------------------------------ cancelling
@@ -456,6 +457,15 @@ class JobService:
             created_at=record.created_at,
             completed_at=record.completed_at,
         )
+
+
+def _journal_arguments(fal_input: FalInput) -> dict[str, Any]:
+    """The input as sent, with an inline data URI shortened: the journal keeps facts, not image bytes."""
+    arguments = fal_input.model_dump(mode="json", exclude_none=True)
+    image_url = arguments.get("image_url")
+    if isinstance(image_url, str) and image_url.startswith("data:"):
+        arguments["image_url"] = f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"
+    return arguments
 
 
 def _message(record: JobRecord, status: JobState, images: list[ImageInfo], waited: float | None) -> str:
