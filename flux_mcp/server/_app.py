@@ -59,7 +59,7 @@ class FluxServer(MCPServer[AppState]):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.bus = InMemorySubscriptionBus()
         super().__init__(subscriptions=self.bus, **kwargs)
-        self.settings = settings
+        self.flux_settings = settings
         self.state: AppState | None = None
 
     async def list_resources(self) -> list[Resource]:

@@ -71,7 +71,7 @@ class BearerTokenMiddleware:
 
 def http_app(server: FluxServer, transport: HttpTransport, *, host: str = "127.0.0.1") -> ASGIApp:
     """The ASGI app for ``transport``, behind the bearer check when a token is configured."""
-    token = server.settings.http_token.get_secret_value() if server.settings.http_token else None
+    token = server.flux_settings.http_token.get_secret_value() if server.flux_settings.http_token else None
     if not token and not is_loopback(host):
         raise UnsafeBindError(
             f"Refusing to serve on {host} without a token: anyone who can reach it could spend your fal "

@@ -1,0 +1,24 @@
+"""``python -m flux_mcp.emulator``: serve the fal emulator in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+
+from flux_mcp.emulator import EmulatorConfig, serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m flux_mcp.emulator", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--job-seconds", type=float, default=None, help="time each job spends in progress")
+    args = parser.parse_args(argv)
+    config = EmulatorConfig()
+    if args.job_seconds is not None:
+        config.job_seconds = args.job_seconds
+    serve(args.host, args.port, config)
+
+
+if __name__ == "__main__":
+    main()

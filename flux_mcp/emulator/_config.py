@@ -1,0 +1,123 @@
+"""The emulator's knobs: every behaviour a test may want to change, in one mutable object.
+
+The object is read live by the running server, so a test can change a knob between two calls
+(``emu.config.job_seconds = 0.05``). Values that shape a job (its duration, its phantom queue) are
+read when the job is submitted; the rest apply to the next request that looks at them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_KEY = "emulator-key-id:emulator-key-secret"
+
+
+class EmulatorConfig(BaseModel):
+    """Knobs of the fal emulator. Defaults give fal's behaviour, quirks included, with short jobs."""
+
+    model_config = ConfigDict(validate_assignment=True, use_attribute_docstrings=True, extra="forbid")
+
+    # ----------------------------------------------------------------------------------------------
+    # Authentication and account
+
+    key: str = DEFAULT_KEY
+    """The one fal key accepted, ``<key_id>:<key_secret>``, sent as ``Authorization: Key <key>``."""
+
+    accept_any_key: bool = False
+    """Accept any well-formed ``<id>:<secret>`` key, for demos where the caller's key is unknown."""
+
+    locked: bool = False
+    """Answer every authenticated call with fal's 403 "User is locked" (an exhausted balance)."""
+
+    lock_reason: str = "Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+    """The reason quoted in the 403 body while ``locked``."""
+
+    user_id: str = "emulator-user"
+    """The account id: what signed webhooks carry in ``X-Fal-Webhook-User-Id``."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Timing and queueing
+
+    job_seconds: float = Field(default=1.0, ge=0)
+    """How long a job stays IN_PROGRESS. Read at submit. Invalid inputs fail at once instead, as
+    fal's input validation does."""
+
+    queue_depth: int = Field(default=0, ge=0)
+    """Phantom requests ahead of each new submission: it starts IN_QUEUE at this position."""
+
+    queue_step_seconds: float = Field(default=0.5, ge=0)
+    """How long each phantom request ahead takes to clear, i.e. seconds per queue position."""
+
+    max_concurrent: int | None = Field(default=None, ge=0)
+    """Jobs IN_PROGRESS at once, like fal's per-account concurrency limit (2 to 40 on real
+    accounts); the others wait IN_QUEUE with real positions. ``None``: no limit. ``0`` holds every
+    job in the queue until raised. A synchronous ``/run`` call over the limit is answered 429,
+    as fal checks direct requests when they arrive instead of queueing them."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Validation quirks
+
+    validate_at_submit: bool = False
+    """fal accepts an invalid body at submit, runs the job to a plain COMPLETED and only the result
+    call answers 422. ``True`` rejects the body with the 422 at submit instead."""
+
+    reject_unknown_fields: bool = False
+    """Whether fal rejects unknown input fields (422 ``extra_forbid``) or drops them. Not known for
+    sure; dropping them is what fal's pydantic apps do by default, hence the default."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Cancellation
+
+    cancel_style: Literal["status", "openapi"] = "status"
+    """How cancel answers. ``"status"``: 202 ``{"status": "CANCELLATION_REQUESTED"}``, 400
+    ``{"status": "ALREADY_COMPLETED"}`` once finished and 404 ``{"status": "NOT_FOUND"}``, the
+    values fal's queue API reference documents. ``"openapi"``: 200 ``{"success": true}`` and 200
+    ``{"success": false}`` once finished, the shape of fal's generated per-endpoint OpenAPI."""
+
+    cancel_in_progress_honoured: bool = True
+    """Whether a running job stops when cancelled. fal only signals the app, which may finish
+    anyway; ``False`` emulates an app that ignores the signal."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Outcome triggers (case-insensitive substrings of the prompt; an empty string disables one)
+
+    content_policy_word: str = "forbidden"
+    """A prompt containing this completes plainly and its result is fal's 422
+    ``content_policy_violation``."""
+
+    nsfw_word: str = "nsfw"
+    """A prompt containing this succeeds with black images and ``has_nsfw_concepts: true``, as fal
+    does when its safety checker flags an output."""
+
+    runner_failure_word: str = "runner-crash"
+    """A prompt containing this completes with ``error_type: runner_disconnected`` and its result is
+    a 503, an infrastructure failure."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Storage
+
+    token_ttl_seconds: float = Field(default=3600.0, gt=0)
+    """Lifetime of the CDN upload tokens ``/storage/auth/token`` hands out."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Webhooks
+
+    webhook_attempts: int = Field(default=3, ge=1)
+    """Delivery attempts per webhook (fal tries up to 10 times over hours; a test wants fewer)."""
+
+    webhook_retry_seconds: float = Field(default=0.1, ge=0)
+    """Delay before the second attempt; it doubles for each further one."""
+
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long one delivery attempt may take before it counts as failed."""
+
+    sign_webhooks: bool = True
+    """Sign deliveries with the emulator's Ed25519 key (public key at ``/.well-known/jwks.json``)."""
+
+    # ----------------------------------------------------------------------------------------------
+    # Server
+
+    shutdown_grace_seconds: float = Field(default=0.5, ge=0)
+    """How long stopping waits for open responses before cutting them off."""

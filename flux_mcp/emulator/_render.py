@@ -1,0 +1,83 @@
+"""Stand-in images: real JPEG/PNG files of the exact size fal would return, cheap to make.
+
+An image depends only on (prompt, seed, size, format), so the same request renders byte-identical
+files, as FLUX does with a fixed seed, while a different prompt or seed is visibly different. Rows
+of the background are flat and shapes are solid, which keeps 4-megapixel encodes in a few tens of
+milliseconds (PNG included). Functions here are blocking and meant to run off the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+
+_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
+
+
+def content_type(output_format: str) -> str:
+    """The MIME type fal reports for an ``output_format``."""
+    return _FORMATS[output_format][1]
+
+
+@functools.lru_cache(maxsize=32)
+def render(prompt: str, seed: int, width: int, height: int, output_format: str, black: bool = False) -> bytes:
+    """The encoded image for these parameters; cached because agents and tests repeat requests."""
+    image = Image.new("RGB", (width, height)) if black else _draw(prompt, seed, width, height)
+    buffer = io.BytesIO()
+    pil_format = _FORMATS[output_format][0]
+    if pil_format == "PNG":
+        image.save(buffer, "PNG", compress_level=1)
+    else:
+        image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _draw(prompt: str, seed: int, width: int, height: int) -> Image.Image:
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    rng = random.Random(digest)
+    top, bottom = _colour(rng), _colour(rng)
+    column = Image.new("RGB", (1, height))
+    column.putdata(
+        [
+            tuple(a + (b - a) * y // max(1, height - 1) for a, b in zip(top, bottom, strict=True))
+            for y in range(height)
+        ]
+    )
+    image = column.resize((width, height), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(image)
+    short = min(width, height)
+    outline = max(2, short // 300)
+    for index in range(rng.randint(6, 11)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        radius = rng.randint(short // 14, short // 4)
+        fill = _colour(rng)
+        shape = rng.choice(("ellipse", "rectangle", "triangle")) if index else "ellipse"
+        if shape == "ellipse":
+            draw.ellipse(
+                (x - radius, y - radius, x + radius, y + radius), fill=fill, outline="white", width=outline
+            )
+        elif shape == "rectangle":
+            draw.rectangle((x - radius, y - radius // 2, x + radius, y + radius // 2), fill=fill)
+        else:
+            draw.polygon([(x, y - radius), (x + radius, y + radius), (x - radius, y + radius)], fill=fill)
+    band = max(14, short // 24)
+    draw.rectangle((0, height - band, width, height), fill="black")
+    caption = f"{prompt[:200]}  [seed {seed}]"
+    draw.text((band // 3, height - band + band // 6), caption, fill="white", font=_font(band * 2 // 3))
+    return image
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):  # Pillow built without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()

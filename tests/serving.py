@@ -1,0 +1,53 @@
+"""Serving an ASGI app on a free loopback port from a test, the way httpx's own tests do."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextmanager
+def serve(app: ASGIApp) -> Iterator[str]:
+    """Run ``app`` on 127.0.0.1 in a thread; yields its origin and always stops it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = _Server(
+        uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=1, ws="none")
+    )
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except BaseException as exc:  # surfaced by the wait below
+            failure.append(exc)
+        finally:
+            server.ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        if not server.ready.wait(10) or failure or not server.started:
+            raise RuntimeError(f"test server did not start: {failure!r}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

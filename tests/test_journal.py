@@ -1,0 +1,241 @@
+"""The journal keeps every submitted job across restarts, and never stores anything but job data."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from flux_mcp.server._journal import SCHEMA_VERSION, JobRecord, Journal, JournalError
+
+T0 = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def record(job_id: str = "req-1", **overrides: object) -> JobRecord:
+    base = f"https://queue.fal.run/fal-ai/flux-pro/requests/{job_id}"
+    values: dict[str, object] = {
+        "job_id": job_id,
+        "endpoint_id": "fal-ai/flux-pro/v1.1-ultra",
+        "status_url": f"{base}/status",
+        "response_url": base,
+        "cancel_url": f"{base}/cancel",
+        "arguments": {"prompt": "a lighthouse at dawn", "aspect_ratio": "16:9", "num_images": 1},
+        "prompt": "a lighthouse at dawn",
+    }
+    values.update(overrides)
+    return JobRecord.model_validate(values)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    with Journal(tmp_path / "state" / "jobs.sqlite3") as opened:
+        yield opened
+
+
+def test_a_job_survives_a_server_restart(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state" / "jobs.sqlite3"
+    job = record(cost_usd=0.06, webhook_url="https://example.com/hook")
+    with Journal(path) as first:
+        assert first.add(job) is True
+    with Journal(path) as second:
+        assert second.get("req-1") == job
+        assert [j.job_id for j in second.unfinished()] == ["req-1"]
+
+
+def test_unknown_job_is_none(journal: Journal) -> None:
+    assert journal.get("never-submitted") is None
+
+
+def test_adding_a_job_again_changes_nothing(journal: Journal) -> None:
+    journal.add(record())
+    journal.update("req-1", status="in_progress", queue_position=0)
+    assert journal.add(record(status="queued", prompt="something else")) is False
+    stored = journal.get("req-1")
+    assert stored is not None
+    assert (stored.status, stored.prompt) == ("in_progress", "a lighthouse at dawn")
+    assert len(journal.recent()) == 1
+
+
+def test_update_tracks_progress_and_completion_time(journal: Journal) -> None:
+    journal.add(record(created_at=T0, updated_at=T0))
+    queued = journal.update("req-1", queue_position=3)
+    assert (queued.status, queued.queue_position, queued.completed_at) == ("queued", 3, None)
+    assert queued.updated_at > T0
+
+    result = {"content": [{"type": "text", "text": "saved /home/u/Pictures/x.jpg"}], "images": 1}
+    done = journal.update("req-1", status="completed", queue_position=None, result=result, cost_usd=0.06)
+    assert done.completed_at is not None
+    assert done.completed_at.tzinfo is not None and done.completed_at.utcoffset() == timedelta(0)
+    assert done.updated_at >= queued.updated_at
+    assert done.created_at == T0
+    assert journal.get("req-1") == done
+    assert journal.unfinished() == []
+
+
+def test_a_finished_job_does_not_go_back_to_pending(journal: Journal) -> None:
+    journal.add(record())
+    done = journal.update("req-1", status="completed")
+    late_poll = journal.update("req-1", status="in_progress", queue_position=2)
+    assert late_poll.status == "completed"
+    assert late_poll.completed_at == done.completed_at
+
+
+def test_completion_time_is_kept_when_a_finished_job_changes_again(journal: Journal) -> None:
+    journal.add(record())
+    failed = journal.update("req-1", status="failed", error="NSFW content detected")
+    again = journal.update("req-1", status="cancelled")
+    assert again.completed_at == failed.completed_at
+    assert again.error == "NSFW content detected"
+
+
+def test_updating_an_unknown_job_is_a_key_error(journal: Journal) -> None:
+    with pytest.raises(KeyError):
+        journal.update("never-submitted", status="completed")
+
+
+def test_invalid_values_are_refused_and_nothing_changes(journal: Journal) -> None:
+    journal.add(record())
+    with pytest.raises(ValueError):
+        journal.update("req-1", status="done", queue_position=5)
+    stored = journal.get("req-1")
+    assert stored is not None
+    assert (stored.status, stored.queue_position) == ("queued", None)
+
+
+@pytest.mark.parametrize("field", ["job_id", "created_at", "updated_at"])
+def test_identity_and_timestamps_cannot_be_rewritten(journal: Journal, field: str) -> None:
+    journal.add(record())
+    with pytest.raises(ValueError, match="cannot be updated"):
+        journal.update("req-1", **{field: "x"})
+
+
+def test_unknown_fields_and_secrets_are_never_stored(tmp_path: Path) -> None:
+    secret = "fal-key-id:fal-key-SECRET-do-not-store"
+    with pytest.raises(ValidationError):
+        record(api_key=secret)
+    with pytest.raises(ValidationError):
+        record(headers={"Authorization": f"Key {secret}"})
+    path = tmp_path / "jobs.sqlite3"
+    with Journal(path) as journal:
+        journal.add(record())
+        with pytest.raises(ValueError, match="no field"):
+            journal.update("req-1", status="completed", authorization=f"Key {secret}")
+        assert journal.get("req-1").status == "queued"  # type: ignore[union-attr]
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    assert columns == list(JobRecord.model_fields)
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"SECRET" not in stored
+
+
+def test_recent_is_newest_first(journal: Journal) -> None:
+    for n in (3, 0, 4, 1, 2):  # submission order differs from creation time order
+        journal.add(record(f"req-{n}", created_at=T0 + timedelta(minutes=n)))
+    assert [j.job_id for j in journal.recent(3)] == ["req-4", "req-3", "req-2"]
+    assert len(journal.recent()) == 5
+
+
+def test_jobs_created_in_the_same_instant_list_in_submission_order(journal: Journal) -> None:
+    for n in range(3):
+        journal.add(record(f"req-{n}", created_at=T0))
+    assert [j.job_id for j in journal.recent()] == ["req-2", "req-1", "req-0"]
+
+
+def test_unfinished_lists_only_pending_jobs_oldest_first(journal: Journal) -> None:
+    for n, status in enumerate(["in_progress", "completed", "queued", "failed", "cancelled", "queued"]):
+        journal.add(record(f"req-{n}", status=status, created_at=T0 - timedelta(minutes=n)))
+    assert [j.job_id for j in journal.unfinished()] == ["req-5", "req-2", "req-0"]
+
+
+def test_json_arguments_and_results_round_trip(journal: Journal) -> None:
+    arguments = {
+        "prompt": "naïve café — 猫 🐈",
+        "seed": 2**40,
+        "guidance_scale": 3.5,
+        "enable_safety_checker": False,
+        "image_url": None,
+        "image_size": {"width": 1024, "height": 768},
+        "loras": [{"path": "https://example.com/lora.safetensors", "scale": 0.75}],
+    }
+    result = {
+        "content": [{"type": "image", "data": "/9j/4AAQ", "mimeType": "image/jpeg"}],
+        "structuredContent": {"images": [{"path": "C:\\Users\\u\\Pictures\\x.jpg", "seed": 7}]},
+    }
+    journal.add(record(arguments=arguments))
+    journal.update("req-1", status="completed", result=result)
+    stored = journal.get("req-1")
+    assert stored is not None
+    assert stored.arguments == arguments
+    assert stored.result == result
+
+
+def test_values_that_are_not_json_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        record(arguments={"image": b"\x89PNG"})
+
+
+def test_times_must_be_aware_and_are_kept_in_utc() -> None:
+    with pytest.raises(ValidationError):
+        record(created_at=datetime(2025, 1, 1, 12, 0))  # naive: which zone?
+    paris = record(created_at=datetime(2025, 1, 1, 13, 0, tzinfo=timezone(timedelta(hours=1))))
+    assert paris.created_at == datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+    assert paris.created_at.utcoffset() == timedelta(0)
+
+
+def test_threads_can_share_one_journal(journal: Journal) -> None:
+    start = threading.Barrier(8)
+
+    def worker(n: int) -> None:
+        start.wait()
+        for i in range(25):
+            job_id = f"req-{n}-{i}"
+            journal.add(record(job_id))
+            journal.update(job_id, status="in_progress", queue_position=i)
+            journal.update("shared", queue_position=n * 100 + i)
+            journal.update(job_id, status="completed")
+            assert journal.get(job_id).status == "completed"  # type: ignore[union-attr]
+            journal.recent(5)
+
+    journal.add(record("shared"))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(worker, range(8)))
+    assert len(journal.recent(1000)) == 8 * 25 + 1
+    assert [j.job_id for j in journal.unfinished()] == ["shared"]
+
+
+def test_two_journals_on_one_file_see_each_others_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with Journal(path) as one, Journal(path) as other:
+        one.add(record("req-a"))
+        other.update("req-a", status="completed")
+        assert one.get("req-a").status == "completed"  # type: ignore[union-attr]
+
+
+def test_file_uses_wal_and_records_its_schema_version(journal: Journal) -> None:
+    with sqlite3.connect(journal.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_journal_from_a_newer_version_is_refused_not_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with Journal(path) as journal:
+        journal.add(record())
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(JournalError, match="newer flux-mcp"):
+        Journal(path)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT job_id FROM jobs").fetchall() == [("req-1",)]
+    db.close()
+
+
+def test_recent_needs_a_positive_limit(journal: Journal) -> None:
+    with pytest.raises(ValueError):
+        journal.recent(0)

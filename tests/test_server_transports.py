@@ -1,0 +1,169 @@
+"""Every tool on every transport: stdio (a real subprocess), Streamable HTTP and SSE, plus HTTP safety."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+from pydantic import SecretStr
+
+from flux_mcp.emulator import Emulator
+from flux_mcp.server import UnsafeBindError, build_server, http_app
+from flux_mcp.settings import Settings
+from tests.serving import serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def settings(emulator: Emulator, tmp_path: Path) -> Settings:
+    emulator.config.job_seconds = 0.2
+    return Settings(
+        fal_key=emulator.key,
+        fal_url=emulator.url,
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        allowed_dirs=[tmp_path],
+        wait_seconds=10,
+    )
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    assert settings.fal_key is not None and settings.fal_url is not None
+    return {
+        "FAL_KEY": settings.fal_key.get_secret_value(),
+        "FLUX_MCP_FAL_URL": settings.fal_url,
+        "FLUX_MCP_OUTPUT_DIR": str(settings.output_dir),
+        "FLUX_MCP_STATE_DIR": str(settings.state_dir),
+        "FLUX_MCP_ALLOWED_DIRS": str(settings.allowed_dirs[0]),
+        "FLUX_MCP_LOG_LEVEL": "DEBUG",
+    }
+
+
+ClientFactory = Callable[[], AbstractAsyncContextManager[Client]]
+
+
+async def exercise_every_tool(client: Client, picture: Path) -> set[str]:
+    """Call each listed tool the way a model would; returns the names called."""
+    listed = {tool.name for tool in (await client.list_tools()).tools}
+    progress: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    generated = await client.call_tool(
+        "generate_image", {"prompt": "a fox", "model": "fal-ai/flux/schnell"}, progress_callback=on_progress
+    )
+    assert generated.structured_content["status"] == "completed", generated.content
+    assert await anyio.Path(generated.structured_content["images"][0]["path"]).is_file()
+    assert progress, "progress notifications should arrive on every transport"
+
+    submitted = await client.call_tool("submit_job", {"prompt": "a fox", "model": "fal-ai/flux/dev"})
+    job_id = submitted.structured_content["job_id"]
+    status = await client.call_tool("check_status", {"job_id": job_id})
+    assert status.structured_content["job_id"] == job_id
+    cancelled = await client.call_tool("cancel_job", {"job_id": job_id})
+    assert not cancelled.is_error and cancelled.structured_content["job_id"] == job_id
+
+    uploaded = await client.call_tool("upload_file", {"path": str(picture)})
+    assert not uploaded.is_error and uploaded.structured_content["url"].startswith("http")
+    models = await client.call_tool("list_models", {})
+    assert len(models.structured_content["models"]) == 8
+
+    called = {"generate_image", "submit_job", "check_status", "cancel_job", "upload_file", "list_models"}
+    assert listed == called, f"tools listed but not exercised (or the reverse): {listed ^ called}"
+    return called
+
+
+@pytest.fixture
+def picture(tmp_path: Path) -> Path:
+    path = tmp_path / "input.png"
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+async def test_stdio_subprocess_serves_every_tool(settings: Settings, picture: Path, tmp_path: Path) -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "flux_mcp", "serve"], env=server_env(settings)
+    )
+    with (tmp_path / "stderr.log").open("w+") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            await exercise_every_tool(client, picture)
+        errlog.seek(0)
+        logged = errlog.read()
+    assert settings.fal_key is not None
+    assert settings.fal_key.get_secret_value() not in logged
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_streamable_http_serves_every_tool(settings: Settings, picture: Path, mode: str) -> None:
+    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+        async with Client(f"{origin}/mcp", mode=mode) as client:
+            await exercise_every_tool(client, picture)
+
+
+async def test_sse_serves_every_tool(settings: Settings, picture: Path) -> None:
+    with serve(http_app(build_server(settings), "sse")) as origin:
+        async with Client(sse_client(f"{origin}/sse"), mode="legacy") as client:
+            await exercise_every_tool(client, picture)
+
+
+async def test_http_token_is_required_when_configured(settings: Settings) -> None:
+    settings.http_token = SecretStr("let-me-in")
+    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{origin}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert answer.status_code == 401 and "Bearer" in answer.headers["www-authenticate"]
+            wrong = await http.post(f"{origin}/mcp", json={}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        authorised = httpx2.AsyncClient(headers={"Authorization": "Bearer let-me-in"})
+        async with (
+            authorised,
+            Client(streamable_http_client(f"{origin}/mcp", http_client=authorised)) as client,
+        ):
+            assert len((await client.list_tools()).tools) == 6
+
+
+async def test_dns_rebinding_protection_on_loopback(settings: Settings) -> None:
+    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(
+                f"{origin}/mcp",
+                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={"Host": "evil.example.com", "Accept": "application/json, text/event-stream"},
+            )
+    assert answer.status_code == 421
+
+
+def test_binding_a_network_address_without_a_token_is_refused(settings: Settings) -> None:
+    with pytest.raises(UnsafeBindError, match="FLUX_MCP_HTTP_TOKEN"):
+        http_app(build_server(settings), "streamable-http", host="0.0.0.0")
+    settings.http_token = SecretStr("t")
+    http_app(build_server(settings), "streamable-http", host="0.0.0.0")  # with a token it is allowed
+
+
+def test_cli_refuses_an_open_network_bind(settings: Settings) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "flux_mcp", "serve", "--transport", "streamable-http", "--host", "0.0.0.0"],
+        env={**server_env(settings), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "FLUX_MCP_HTTP_TOKEN" in completed.stderr and completed.stdout == ""
