@@ -35,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,10 @@ def checked(result: CallToolResult, tool: str) -> dict[str, Any]:
     return result.structured_content
 
 
-def print_progress(started: float) -> Any:
+ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+def print_progress(started: float) -> ProgressCallback:
     """A ``progress_callback`` that prints the server's progress messages with the elapsed time."""
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -157,8 +160,8 @@ async def run(
     target = (
         out or output_dir / f"{job['job_id']}-via-resource{EXTENSIONS.get(image['content_type'], '.bin')}"
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+    await anyio.Path(target).write_bytes(data)
     print(f"  written to:        {target.resolve()}")
     return target
 
@@ -178,9 +181,8 @@ def fal_backend(args: argparse.Namespace) -> Iterator[dict[str, str]]:
         if args.fal_url:
             from flux_mcp.emulator import DEFAULT_KEY
 
-            key = os.environ.get("FAL_KEY", DEFAULT_KEY)
-            print(f"using the fal emulator at {args.fal_url}")
-            yield {"FAL_KEY": key, "FLUX_MCP_FAL_URL": args.fal_url, "FLUX_MCP_STATE_DIR": state_dir}
+            print(f"using the fal emulator at {args.fal_url}")  # with its key, never your real one
+            yield {"FAL_KEY": DEFAULT_KEY, "FLUX_MCP_FAL_URL": args.fal_url, "FLUX_MCP_STATE_DIR": state_dir}
             return
         from flux_mcp.emulator import Emulator, EmulatorConfig
 

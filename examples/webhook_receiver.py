@@ -67,13 +67,20 @@ class SignatureMismatch(InvalidWebhook):
     """Well-formed and fresh, but no known key verifies the signature (perhaps the keys rotated)."""
 
 
+class KeysUnavailable(Exception):
+    """The JWKS could not be fetched or read."""
+
+
 def public_keys(jwks: Mapping[str, Any]) -> list[Ed25519PublicKey]:
     """The Ed25519 public keys of a JWKS (``kty: OKP``, ``crv: Ed25519``, raw key in ``x``, base64url)."""
     keys = []
     for jwk in jwks.get("keys", []):
         if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and isinstance(jwk.get("x"), str):
-            raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
-            keys.append(Ed25519PublicKey.from_public_bytes(raw))
+            try:
+                raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+                keys.append(Ed25519PublicKey.from_public_bytes(raw))
+            except (ValueError, binascii.Error):
+                continue  # not a usable key: skip it, as a JWKS consumer should
     return keys
 
 
@@ -125,10 +132,13 @@ class KeyCache:
         async with self.lock:
             age = time.monotonic() - self.fetched_at
             if age > JWKS_TTL_SECONDS or (refresh and age > JWKS_REFRESH_MIN_SECONDS):
-                async with httpx.AsyncClient(timeout=10) as client:
-                    response = await client.get(self.url)
-                    response.raise_for_status()
-                self.keys = public_keys(response.json())
+                try:
+                    async with httpx.AsyncClient(timeout=10) as client:
+                        response = await client.get(self.url)
+                        response.raise_for_status()
+                    self.keys = public_keys(response.json())
+                except (httpx.HTTPError, ValueError, AttributeError) as exc:
+                    raise KeysUnavailable(f"cannot get the webhook keys from {self.url}: {exc!r}") from exc
                 self.fetched_at = time.monotonic()
             return self.keys
 
@@ -155,8 +165,8 @@ def build_app(jwks_url: str = FAL_JWKS_URL, path: str = "/fal/webhook") -> Starl
         except InvalidWebhook as exc:
             print(f"rejected delivery: {exc}", flush=True)
             return JSONResponse({"detail": str(exc)}, status_code=401)
-        except httpx.HTTPError as exc:
-            print(f"cannot fetch the webhook keys from {jwks_url}: {exc!r}", flush=True)
+        except KeysUnavailable as exc:
+            print(f"deferred delivery: {exc}", flush=True)
             return JSONResponse({"detail": "signing keys unavailable"}, status_code=503)  # fal retries
 
         try:

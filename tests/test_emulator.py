@@ -208,7 +208,7 @@ async def test_stream_pushes_completion_promptly_and_closes(emulator: Emulator) 
 
 
 async def test_logs_appear_over_time(emulator: Emulator) -> None:
-    emulator.config.job_seconds = 0.4
+    emulator.config.job_seconds = 0.25
     async with client(emulator) as http:
         seen = await events(http, (await submit(http))["status_url"])
     counts = [len(event["logs"]) for event in seen if event["status"] != "IN_QUEUE"]
@@ -460,7 +460,7 @@ async def test_cancel_in_progress_honoured_or_not(emulator: Emulator) -> None:
         assert (await http.put(running["cancel_url"])).status_code == 202
         assert (await http.get(running["response_url"])).status_code == 499
 
-        emulator.config.job_seconds = 0.2
+        emulator.config.job_seconds = 0.05
         emulator.config.cancel_in_progress_honoured = False
         stubborn = await submit(http)
         assert (await http.put(stubborn["cancel_url"])).status_code == 202
@@ -487,7 +487,7 @@ async def test_cancel_openapi_style(emulator: Emulator) -> None:
 async def test_start_timeout_ends_in_504_user(emulator: Emulator) -> None:
     emulator.config.max_concurrent = 0
     async with client(emulator) as http:
-        submitted = await submit(http, headers={"X-Fal-Request-Timeout": "0.2"})
+        submitted = await submit(http, headers={"X-Fal-Request-Timeout": "0.1"})
         seen = await events(http, submitted["status_url"])
         assert seen[-1]["error_type"] == "startup_timeout" and seen[-1]["error"]
         result = await http.get(submitted["response_url"])
@@ -495,11 +495,12 @@ async def test_start_timeout_ends_in_504_user(emulator: Emulator) -> None:
     assert result.status_code == 504
     assert result.headers["x-fal-request-timeout-type"] == "user"
     assert result.json() == {"detail": result.json()["detail"], "error_type": "startup_timeout"}
-    assert emulator.job(submitted["request_id"]).start_timeout == 0.2
+    assert emulator.job(submitted["request_id"]).start_timeout == 0.1
     assert bad.status_code == 422
 
 
 async def test_content_policy_trigger(emulator: Emulator) -> None:
+    emulator.config.job_seconds = 0.05
     async with client(emulator) as http:
         submitted = await submit(http, body={"prompt": "something Forbidden here"})
         seen = await events(http, submitted["status_url"])
@@ -512,6 +513,7 @@ async def test_content_policy_trigger(emulator: Emulator) -> None:
 
 
 async def test_nsfw_trigger_gives_black_image(emulator: Emulator) -> None:
+    emulator.config.job_seconds = 0.05
     async with client(emulator) as http:
         submitted = await submit(http, body={"prompt": "nsfw thing", "image_size": "square"})
         output = (await finish(http, submitted)).json()
@@ -521,6 +523,7 @@ async def test_nsfw_trigger_gives_black_image(emulator: Emulator) -> None:
 
 
 async def test_runner_failure_trigger(emulator: Emulator) -> None:
+    emulator.config.job_seconds = 0.05
     async with client(emulator) as http:
         submitted = await submit(http, body={"prompt": "please runner-crash"})
         seen = await events(http, submitted["status_url"])
@@ -649,6 +652,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def test_webhook_is_delivered_signed_and_retried(emulator: Emulator, receiver: Receiver) -> None:
+    emulator.config.job_seconds = 0.05
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     receiver.statuses = [500]  # the first attempt fails; the emulator retries
@@ -686,6 +690,7 @@ async def test_webhook_is_delivered_signed_and_retried(emulator: Emulator, recei
 
 
 async def test_webhook_reports_errors(emulator: Emulator, receiver: Receiver) -> None:
+    emulator.config.job_seconds = 0.05
     async with client(emulator) as http:
         await submit(http, body={"prompt": "forbidden"}, params={"fal_webhook": receiver.url})
         _, raw = await receiver.next()
@@ -791,6 +796,7 @@ async def test_initiate_and_signed_put(emulator: Emulator, storage_type: str) ->
 
 
 async def test_counters_count_by_kind_and_reset(emulator: Emulator) -> None:
+    emulator.config.job_seconds = 0.05
     emulator.inject("status", "500")
     async with client(emulator) as http:
         submitted = await submit(http)

@@ -34,6 +34,7 @@ def fal(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulato
     monkeypatch.setattr(fal_module, "REST_URL", emulator.url)
     monkeypatch.setattr(fal_module, "CDN_URL", emulator.url)
     monkeypatch.setattr(fal_module, "BASE_DELAY", 0.01)  # sync retry back-off, to keep retries quick
+    emulator.config.job_seconds = 0.05
     yield emulator
 
 
@@ -44,6 +45,7 @@ def fetch(url: str) -> bytes:
 
 
 async def test_async_subscribe_with_logs_and_queue_updates(fal: Emulator) -> None:
+    fal.config.job_seconds = 0.3  # long enough for the 0.1 s polls to see it in progress
     client = fal_client.AsyncClient(key=fal.key)
     updates: list[Any] = []
     enqueued: list[str] = []
@@ -94,7 +96,6 @@ async def test_cancel_a_queued_request(fal: Emulator) -> None:
 
 
 async def test_run_sync_and_async(fal: Emulator) -> None:
-    fal.config.job_seconds = 0.05
     sync_result = fal_client.SyncClient(key=fal.key).run(SCHNELL, {"prompt": "x", "image_size": "square"})
     async_result = await fal_client.AsyncClient(key=fal.key).run(
         SCHNELL, {"prompt": "x", "image_size": "square"}

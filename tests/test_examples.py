@@ -1,4 +1,4 @@
-"""The examples in ``examples/``, run for real as their README says, against a fal emulator started here.
+"""The examples in ``examples/``, run for real as their docstrings say, against a fal emulator on a free port.
 
 ``stdio_client.py`` and ``webhook_receiver.py`` run as subprocesses, as a user would run them, and the
 tests check what a user sees: the exit status, the files written, the lines printed, the HTTP answers.
@@ -27,29 +27,18 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
+from flux_mcp.emulator import Emulator
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RUN_TIMEOUT = 120.0  # seconds for one example run; a normal one takes two or three
 WAIT = 30.0  # seconds for one expected event (a line printed, a webhook delivered)
 
 
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(EmulatorConfig(job_seconds=0.3)) as emulator:
-        yield emulator
-
-
-def example_env(emulator: Emulator) -> dict[str, str]:
-    """The caller's environment with the emulator's key (never a real FAL_KEY from the environment)."""
-    return {**os.environ, "FAL_KEY": emulator.key, "PYTHONUNBUFFERED": "1"}
-
-
 def run_stdio_client(emulator: Emulator, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(EXAMPLES / "stdio_client.py"), "--fal-url", emulator.url, *args],
         cwd=cwd,
-        env=example_env(emulator),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -69,9 +58,9 @@ def field(output: str, label: str) -> str:
 
 
 def test_stdio_client_submits_follows_and_writes_the_image_it_read_as_a_resource(
-    emu: Emulator, tmp_path: Path
+    emulator: Emulator, tmp_path: Path
 ) -> None:
-    result = run_stdio_client(emu, tmp_path, "--prompt", "a red fox in snow", "--output-dir", "images")
+    result = run_stdio_client(emulator, tmp_path, "--prompt", "a red fox in snow", "--output-dir", "images")
 
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -85,22 +74,22 @@ def test_stdio_client_submits_follows_and_writes_the_image_it_read_as_a_resource
     with Image.open(io.BytesIO(written.read_bytes())) as image:
         assert image.format == "JPEG"
         assert image.size == (1024, 768)  # schnell's default landscape_4_3
-    assert emu.counters["submit"] == 1
+    assert emulator.counters["submit"] == 1
 
 
-def test_stdio_client_reports_a_refused_call_and_exits_1(emu: Emulator, tmp_path: Path) -> None:
+def test_stdio_client_reports_a_refused_call_and_exits_1(emulator: Emulator, tmp_path: Path) -> None:
     # Kontext edits an input image; without image_url the server refuses with an is_error result.
-    result = run_stdio_client(emu, tmp_path, "--model", "fal-ai/flux-pro/kontext")
+    result = run_stdio_client(emulator, tmp_path, "--model", "fal-ai/flux-pro/kontext")
 
     assert result.returncode == 1
     assert "error: submit_job refused:" in result.stderr
     assert "image_url" in result.stderr
     assert "Traceback" not in result.stderr
-    assert emu.counters["submit"] == 0  # nothing reached fal
+    assert emulator.counters["submit"] == 0  # nothing reached fal
 
 
-def test_stdio_client_reports_a_failed_job_and_exits_1(emu: Emulator, tmp_path: Path) -> None:
-    result = run_stdio_client(emu, tmp_path, "--prompt", "something forbidden")
+def test_stdio_client_reports_a_failed_job_and_exits_1(emulator: Emulator, tmp_path: Path) -> None:
+    result = run_stdio_client(emulator, tmp_path, "--prompt", "something forbidden")
 
     assert result.returncode == 1
     assert "status: failed" in result.stdout
@@ -225,9 +214,11 @@ def replay(url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
     return httpx.post(url, content=body, headers={**wanted, "Content-Type": "application/json"}, timeout=WAIT)
 
 
-def test_webhook_from_submit_job_is_verified_and_its_image_url_printed(emu: Emulator, tmp_path: Path) -> None:
-    with receiver(emu) as webhook:
-        result = run_stdio_client(emu, tmp_path, "--webhook-url", webhook.url)
+def test_webhook_from_submit_job_is_verified_and_its_image_url_printed(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    with receiver(emulator) as webhook:
+        result = run_stdio_client(emulator, tmp_path, "--webhook-url", webhook.url)
         assert result.returncode == 0, result.stderr
         job_id = re.search(r"job (\S+): queued", result.stdout)
         assert job_id, result.stdout
@@ -237,8 +228,8 @@ def test_webhook_from_submit_job_is_verified_and_its_image_url_printed(emu: Emul
     assert printed == field(result.stdout, "fal URL:")
 
 
-def test_webhook_receiver_rejects_tampered_unsigned_and_accepts_a_replay_once(emu: Emulator) -> None:
-    headers, body = genuine_delivery(emu)
+def test_webhook_receiver_rejects_tampered_unsigned_and_accepts_a_replay_once(emulator: Emulator) -> None:
+    headers, body = genuine_delivery(emulator)
     assert all(name in headers for name in SIGNATURE_HEADERS)
     delivery = json.loads(body)
     tampered = json.dumps(
@@ -248,7 +239,7 @@ def test_webhook_receiver_rejects_tampered_unsigned_and_accepts_a_replay_once(em
         }
     ).encode()
 
-    with receiver(emu) as webhook:
+    with receiver(emulator) as webhook:
         response = replay(webhook.url, headers, tampered)
         assert response.status_code == 401
         webhook.expect(r"rejected delivery: signature does not match")
@@ -278,10 +269,10 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def test_webhook_signature_check_rejects_timestamps_over_300_seconds_off(emu: Emulator) -> None:
+def test_webhook_signature_check_rejects_timestamps_over_300_seconds_off(emulator: Emulator) -> None:
     example = load_example("webhook_receiver")
-    headers, body = genuine_delivery(emu)
-    keys = example.public_keys(httpx.get(f"{emu.url}/.well-known/jwks.json").json())
+    headers, body = genuine_delivery(emulator)
+    keys = example.public_keys(httpx.get(f"{emulator.url}/.well-known/jwks.json").json())
     headers = httpx.Headers(headers)  # case-insensitive, like the receiver's request headers
     sent_at = int(headers["X-Fal-Webhook-Timestamp"])
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import secrets
 import time
 import uuid
@@ -98,6 +99,8 @@ class Core:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._http: httpx.AsyncClient | None = None
+        self.pending_files: dict[str, asyncio.Task[None]] = {}
+        """Generated files still rendering, by key: a download waits for them."""
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle (on the server's loop)
@@ -107,7 +110,9 @@ class Core:
         self.loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
         self._store = jobs.JobStore(lambda: self.config.max_concurrent, self._on_finish)
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flux-mcp-emulator-render")
+        self._executor = ThreadPoolExecutor(
+            max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="flux-mcp-emulator-render"
+        )
         self._http = httpx.AsyncClient()
         self._spawn(self._schedule())
 
@@ -218,6 +223,8 @@ class Core:
         return job
 
     async def _produce_output(self, job: jobs.Job) -> dict[str, Any]:
+        """The job's output. Its files render in the background: a result only needs their URLs and
+        sizes, and a download of a file still rendering waits for it, as a CDN fetch would."""
         assert job.model_input is not None
         model_input = job.model_input
         width, height = output_size(job.endpoint_id, model_input)
@@ -225,24 +232,32 @@ class Core:
         mime = content_type(output_format)
         prompt = getattr(model_input, "prompt", "") or ""
         count = getattr(model_input, "num_images", 1)
-        sync_mode = getattr(model_input, "sync_mode", False)
         loop = asyncio.get_running_loop()
 
-        async def one(index: int) -> dict[str, Any]:
-            data = await loop.run_in_executor(
+        async def encoded(index: int) -> bytes:
+            return await loop.run_in_executor(
                 self._executor, render, prompt, job.seed + index, width, height, output_format, job.nsfw
             )
-            if sync_mode:
-                url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
-            else:
-                key = self.files.new_key(None, mime)
-                await loop.run_in_executor(self._executor, self.files.put_bytes, key, data, mime)
-                url = f"{job.origin}/files/{key}"
-            return {"url": url, "width": width, "height": height, "content_type": mime}
 
-        images = await asyncio.gather(*(one(index) for index in range(count)))
+        async def stored(key: str, index: int) -> None:
+            try:
+                await loop.run_in_executor(
+                    self._executor, self.files.put_bytes, key, await encoded(index), mime
+                )
+            finally:
+                self.pending_files.pop(key, None)
+
+        if getattr(model_input, "sync_mode", False):
+            images = await asyncio.gather(*(encoded(index) for index in range(count)))
+            urls = [f"data:{mime};base64,{base64.b64encode(data).decode()}" for data in images]
+        else:
+            urls = []
+            for index in range(count):
+                key = self.files.new_key(None, mime)
+                self.pending_files[key] = self._spawn(stored(key, index))
+                urls.append(f"{job.origin}/files/{key}")
         return {
-            "images": list(images),
+            "images": [{"url": url, "width": width, "height": height, "content_type": mime} for url in urls],
             "timings": {"inference": job.duration},
             "seed": job.seed,
             "has_nsfw_concepts": [job.nsfw] * count,
@@ -741,7 +756,12 @@ def build_app(core: Core) -> Starlette:
         return Response(status_code=200)
 
     async def file(request: Request) -> Response:
-        stored = core.files.get(request.path_params["path"])
+        key = request.path_params["path"]
+        stored = core.files.get(key)
+        if stored is None and (rendering := core.pending_files.get(key)) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(rendering)
+            stored = core.files.get(key)
         if stored is None:
             return JSONResponse({"detail": "Not Found"}, 404)
         return FileResponse(stored.path, media_type=stored.content_type)

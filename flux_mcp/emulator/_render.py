@@ -40,12 +40,12 @@ def _draw(prompt: str, seed: int, width: int, height: int) -> Image.Image:
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
     rng = random.Random(digest)
     top, bottom = _colour(rng), _colour(rng)
+    # A vertical gradient: one column stretched sideways. Pillow resizes without holding the GIL,
+    # which keeps the event loop responsive while many images render at once.
     column = Image.new("RGB", (1, height))
+    last = max(1, height - 1)
     column.putdata(
-        [
-            tuple(a + (b - a) * y // max(1, height - 1) for a, b in zip(top, bottom, strict=True))
-            for y in range(height)
-        ]
+        [tuple(a + (b - a) * y // last for a, b in zip(top, bottom, strict=True)) for y in range(height)]
     )
     image = column.resize((width, height), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)

@@ -2,9 +2,14 @@
 
 It knows nothing of MCP: it submits FLUX jobs, follows them (status stream, polling as fallback),
 fetches results, cancels, and uploads input files.
+
+Importing this package is cheap: the client itself, and httpx with it, load on first use of
+``FalClient`` or ``RetryPolicy``. That keeps an MCP server's start (and its first ``tools/list``)
+free of the HTTP stack's import time.
 """
 
-from flux_mcp.fal._client import FalClient, Priority, StatusCallback
+from typing import TYPE_CHECKING, Any
+
 from flux_mcp.fal._exceptions import (
     AccountLockedError,
     AuthenticationError,
@@ -21,9 +26,32 @@ from flux_mcp.fal._exceptions import (
     UpstreamUnavailableError,
     ValidationError,
 )
-from flux_mcp.fal._retry import RetryPolicy
+from flux_mcp.fal._inputs import validate_input
 from flux_mcp.fal._types import CancelResult, LogEntry, QueueHandle, QueueStatus
 from flux_mcp.fal._urls import EndpointId, FalHosts
+
+if TYPE_CHECKING:
+    from flux_mcp.fal._client import FalClient, Priority, StatusCallback
+    from flux_mcp.fal._retry import RetryPolicy
+
+_LAZY = {
+    "FalClient": "flux_mcp.fal._client",
+    "Priority": "flux_mcp.fal._client",
+    "StatusCallback": "flux_mcp.fal._client",
+    "RetryPolicy": "flux_mcp.fal._retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AccountLockedError",
@@ -50,4 +78,5 @@ __all__ = [
     "UploadError",
     "UpstreamUnavailableError",
     "ValidationError",
+    "validate_input",
 ]

@@ -27,15 +27,14 @@ from flux_mcp.fal._exceptions import (
     JobFailedError,
     NotFoundError,
     UpstreamUnavailableError,
-    ValidationError,
 )
-from flux_mcp.fal._responses import describe_field_errors
+from flux_mcp.fal._inputs import validate_input
 from flux_mcp.fal._retry import RetryPolicy
 from flux_mcp.fal._storage import MiB, Uploader
 from flux_mcp.fal._transport import FalTransport
 from flux_mcp.fal._types import CancelResult, QueueHandle, QueueStatus
 from flux_mcp.fal._urls import EndpointId, FalHosts
-from flux_mcp.models import INPUT_MODELS, FalInput, FluxOutput
+from flux_mcp.models import FalInput, FluxOutput
 from flux_mcp.settings import Settings
 
 logger = logging.getLogger("flux_mcp.fal")
@@ -101,28 +100,6 @@ class FalClient:
 
     # ------------------------------------------------------------------------------------------ queue
 
-    @staticmethod
-    def validate_input(endpoint_id: str, arguments: FalInput | Mapping[str, Any]) -> FalInput:
-        """Check ``arguments`` against the endpoint's model, so a bad value fails here and costs nothing."""
-        model = INPUT_MODELS.get(endpoint_id)
-        if model is None:
-            raise NotFoundError(
-                f"flux-mcp does not know the endpoint {endpoint_id!r}; known: {', '.join(INPUT_MODELS)}"
-            )
-        if isinstance(arguments, model):
-            return arguments
-        raw = arguments.model_dump() if isinstance(arguments, pydantic.BaseModel) else dict(arguments)
-        try:
-            return model.model_validate(raw)
-        except pydantic.ValidationError as exc:
-            errors = [
-                {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_input=False)
-            ]
-            raise ValidationError(
-                f"invalid input for {endpoint_id}: {describe_field_errors(errors)}", errors
-            ) from None
-
     async def submit(
         self,
         endpoint_id: str,
@@ -138,7 +115,7 @@ class FalClient:
         connection ``SubmissionStateUnknownError`` is raised instead of risking a second, paid, job.
         """
         endpoint = EndpointId.parse(endpoint_id)
-        payload = self.validate_input(endpoint_id, arguments).model_dump(mode="json", exclude_none=True)
+        payload = validate_input(endpoint_id, arguments).model_dump(mode="json", exclude_none=True)
         headers: dict[str, str] = {}
         if priority is not None:
             if priority not in ("normal", "low"):

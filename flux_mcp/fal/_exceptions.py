@@ -86,3 +86,13 @@ class ForeignURLError(FalError):
 
 class UploadError(FalError):
     """A file could not be stored on fal's storage by any of the upload routes."""
+
+
+def describe_field_errors(errors: list[dict[str, Any]]) -> str:
+    """``'num_images: Input should be less than or equal to 4; prompt: Field required'``."""
+    parts = []
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", []) if p != "body"]
+        where = ".".join(loc) or "input"
+        parts.append(f"{where}: {error.get('msg', error.get('type', 'invalid'))}")
+    return "; ".join(parts) or "the input was rejected"

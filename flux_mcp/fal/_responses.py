@@ -25,6 +25,7 @@ from flux_mcp.fal._exceptions import (
     RateLimitedError,
     UpstreamUnavailableError,
     ValidationError,
+    describe_field_errors,
 )
 
 Phase = Literal["submit", "status", "result", "cancel", "upload", "download"]
@@ -75,16 +76,6 @@ def _field_errors(detail: Any) -> list[dict[str, Any]]:
     if isinstance(detail, str):
         return [{"loc": ["body"], "msg": detail, "type": "value_error"}]
     return []
-
-
-def describe_field_errors(errors: list[dict[str, Any]]) -> str:
-    """``'num_images: Input should be less than or equal to 4; prompt: Field required'``."""
-    parts = []
-    for error in errors:
-        loc = [str(p) for p in error.get("loc", []) if p != "body"]
-        where = ".".join(loc) or "input"
-        parts.append(f"{where}: {error.get('msg', error.get('type', 'invalid'))}")
-    return "; ".join(parts) or "the input was rejected"
 
 
 def _detail_text(response: httpx.Response, body: Any) -> str:

@@ -21,7 +21,6 @@ from mcp.types import Resource
 from pydantic import AnyUrl
 
 from flux_mcp._version import __version__
-from flux_mcp.fal import FalClient
 from flux_mcp.server._images import sniff_content_type
 from flux_mcp.server._jobs import JobService, image_uri, job_uri
 from flux_mcp.server._journal import JobRecord, Journal
@@ -48,7 +47,6 @@ class AppState:
     """What every tool and resource shares for the life of the server."""
 
     settings: Settings
-    fal: FalClient
     journal: Journal
     jobs: JobService
 
@@ -112,9 +110,9 @@ def build_server(settings: Settings | None = None) -> FluxServer:
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
         assert isinstance(server, FluxServer)
-        async with FalClient.from_settings(settings) as fal, anyio.create_task_group() as group:
-            journal = Journal(settings.state_dir / "jobs.sqlite3")
-            jobs = JobService(settings, fal, journal)
+        journal = Journal(settings.state_dir / "jobs.sqlite3")
+        jobs = JobService(settings, journal)
+        async with anyio.create_task_group() as group:
             jobs.task_group = group
 
             async def announce(record: JobRecord) -> None:
@@ -123,7 +121,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
                     await server.bus.publish(ResourcesListChanged())
 
             jobs.on_finished = announce
-            state = AppState(settings=settings, fal=fal, journal=journal, jobs=jobs)
+            state = AppState(settings=settings, journal=journal, jobs=jobs)
             server.state = state
             for record in journal.unfinished():
                 jobs.follow_in_background(record)
@@ -132,6 +130,8 @@ def build_server(settings: Settings | None = None) -> FluxServer:
             finally:
                 server.state = None
                 group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await jobs.aclose()
                 journal.close()
 
     server = FluxServer(

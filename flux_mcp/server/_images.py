@@ -23,9 +23,15 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
-from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is imported where pixels are touched, not here: the server then starts (and answers its
+# first tools/list) without loading it.
 
 #: The image types fal accepts as inputs and produces as outputs, with the file extension flux-mcp uses.
 IMAGE_EXTENSIONS: dict[str, str] = {
@@ -45,14 +51,15 @@ _MAX_NAME_ATTEMPTS = 10_000
 _PREVIEW_QUALITIES = (85, 75, 65, 55, 45, 35)
 _PREVIEW_MIN_EDGE = 16
 _EXIF_ORIENTATION = 0x0112
-_ORIENTATION_FIXES: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+#: EXIF orientation -> the ``Image.Transpose`` member that undoes it.
+_ORIENTATION_FIXES: dict[int, str] = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 
 
@@ -221,6 +228,8 @@ def _publish_without_clobbering(temporary: Path, target: Path) -> None:
 
 
 def _open_image(data: bytes) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         return Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -241,6 +250,8 @@ def image_dimensions(data: bytes) -> tuple[int, int, str]:
     Pillow opens lazily, so this reads the header rather than decoding megapixels. EXIF rotation by 90°
     swaps width and height, matching what viewers (and ``make_preview``) show.
     """
+    from PIL import Image
+
     with _open_image(data) as image:
         width, height = image.size
         if _orientation(image) in (5, 6, 7, 8):
@@ -262,6 +273,8 @@ def make_preview(data: bytes, *, max_edge: int = 1024, max_bytes: int) -> Previe
         raise ValueError(f"max_edge must be >= 1, got {max_edge}")
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    from PIL import Image
+
     try:
         with _open_image(data) as image:
             orientation = _orientation(image)
@@ -269,7 +282,7 @@ def make_preview(data: bytes, *, max_edge: int = 1024, max_bytes: int) -> Previe
     except (OSError, Image.DecompressionBombError) as exc:  # truncated or corrupt pixel data
         raise ValueError(f"could not decode the image for a preview: {exc}") from exc
     if orientation in _ORIENTATION_FIXES:
-        rgb = rgb.transpose(_ORIENTATION_FIXES[orientation])
+        rgb = rgb.transpose(Image.Transpose[_ORIENTATION_FIXES[orientation]])
 
     current = rgb
     while True:
@@ -293,6 +306,8 @@ async def make_preview_async(data: bytes, *, max_edge: int = 1024, max_bytes: in
 
 
 def _downscaled_rgb(image: Image.Image, max_edge: int) -> Image.Image:
+    from PIL import Image
+
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     work = image
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -301,7 +316,7 @@ def _downscaled_rgb(image: Image.Image, max_edge: int) -> Image.Image:
     elif has_alpha and image.mode in ("RGB", "L"):
         work = image.convert("RGBA")
     # thumbnail() never upscales, keeps the aspect ratio, and lets JPEG decode at a reduced scale.
-    work.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    work.thumbnail((max_edge, max_edge), Image.Resampling.LANCZOS, reducing_gap=1.0)
     if work.mode in ("RGBA", "LA"):
         flattened = Image.new("RGB", work.size, (255, 255, 255))
         rgba = work.convert("RGBA")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -22,13 +22,13 @@ from anyio.abc import TaskGroup
 
 from flux_mcp.fal import (
     ContentPolicyError,
-    FalClient,
     FalError,
     FalTimeoutError,
     JobFailedError,
     QueueHandle,
     QueueStatus,
     ValidationError,
+    validate_input,
 )
 from flux_mcp.models import FalInput, FluxOutput, image_size_for_aspect_ratio
 from flux_mcp.registry import MODELS, ModelInfo
@@ -37,6 +37,9 @@ from flux_mcp.server._journal import JobRecord, Journal
 from flux_mcp.server._schemas import GenerationParams, ImageInfo, JobResult, JobState
 from flux_mcp.server._uploads import UploadRefused, decode_image_data, resolve_local_image
 from flux_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from flux_mcp.fal import FalClient
 
 logger = logging.getLogger("flux_mcp.server")
 
@@ -76,14 +79,28 @@ class JobView:
 class JobService:
     """Submits, follows, finishes and cancels jobs; every job it submits is in the journal first."""
 
-    def __init__(self, settings: Settings, fal: FalClient, journal: Journal) -> None:
+    def __init__(self, settings: Settings, journal: Journal, fal: FalClient | None = None) -> None:
         self.settings = settings
-        self.fal = fal
         self.journal = journal
+        self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
         self._following: set[str] = set()
         self.task_group: TaskGroup | None = None
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
+
+    @property
+    def fal(self) -> FalClient:
+        """The fal client, made on first use so that the server starts without loading the HTTP stack."""
+        if self._fal is None:
+            from flux_mcp.fal import FalClient
+
+            self._fal = FalClient.from_settings(self.settings)
+        return self._fal
+
+    async def aclose(self) -> None:
+        """Close the fal client if one was made."""
+        if self._fal is not None:
+            await self._fal.aclose()
 
     # ------------------------------------------------------------------------------------ the input
 
@@ -136,7 +153,7 @@ class JobService:
     @staticmethod
     def _validate(model: ModelInfo, fields: dict[str, Any]) -> FalInput:
         try:
-            return FalClient.validate_input(model.endpoint_id, fields)
+            return validate_input(model.endpoint_id, fields)
         except ValidationError as exc:
             raise JobError(f"{exc.message}. Fix the value and call again.") from None
 

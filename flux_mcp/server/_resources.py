@@ -60,7 +60,7 @@ def register_resources(server: FluxServer) -> None:
             except OSError:
                 pass
         try:
-            return await state.fal.download(info.url)
+            return await state.jobs.fal.download(info.url)
         except FalError as exc:
             raise ResourceError(
                 f"the saved file is gone and fal's copy could not be fetched: {exc.message}"

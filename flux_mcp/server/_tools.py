@@ -349,7 +349,7 @@ def register_tools(server: FluxServer) -> None:
                 local = await anyio.to_thread.run_sync(
                     functools.partial(resolve_local_image, path, await _allowed_dirs(ctx, state), limit)
                 )
-                url = await state.fal.upload_file(
+                url = await state.jobs.fal.upload_file(
                     local.path, content_type=local.content_type, file_name=local.file_name
                 )
                 return UploadResult(
@@ -357,7 +357,7 @@ def register_tools(server: FluxServer) -> None:
                 )
             assert data is not None
             decoded = decode_image_data(data, file_name, limit)
-            url = await state.fal.upload_bytes(
+            url = await state.jobs.fal.upload_bytes(
                 decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
             )
             return UploadResult(

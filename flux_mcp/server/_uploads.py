@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from PIL import Image
-
 from flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
 
 _ACCEPTED = "JPEG, PNG, WebP, GIF or AVIF"
@@ -326,6 +324,8 @@ def _open_regular(path: Path) -> io.BufferedReader:
 
 def _describe_content(source: Path | bytes) -> str:
     """What the content is instead, in words the LLM can relay ('a TIFF image', 'not an image')."""
+    from PIL import Image  # only on this refusal path; the server starts without Pillow
+
     try:
         with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
             kind = image.format or "unknown"
