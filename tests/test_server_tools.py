@@ -244,7 +244,7 @@ async def test_upload_file_from_allowed_dir_and_data(settings: Settings, emulato
         outside = await client.call_tool("upload_file", {"path": "/etc/hostname"})
         assert outside.is_error and "allowed" in text_of(outside)
         both = await client.call_tool("upload_file", {})
-        assert both.is_error and "exactly one" in text_of(both)
+        assert both.is_error and "exactly one of path" in text_of(both)
 
 
 async def test_a_local_image_path_is_uploaded_for_kontext(settings: Settings, emulator: Emulator) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from flux_mcp.emulator import EmulatorConfig, serve
 
@@ -14,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--job-seconds", type=float, default=None, help="time each job spends in progress")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     config = EmulatorConfig()
     if args.job_seconds is not None:
         config.job_seconds = args.job_seconds

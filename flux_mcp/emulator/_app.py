@@ -353,7 +353,9 @@ class Core:
         if ":" not in credentials:
             return _json({"detail": _BAD_FORMAT}, 401)
         config = self.config
-        if not config.accept_any_key and not secrets.compare_digest(credentials, config.key):
+        if not config.accept_any_key and not secrets.compare_digest(
+            credentials.encode(), config.key.encode()
+        ):
             return _json({"detail": _NO_USER}, 401)
         if config.locked:
             return _json({"detail": f"User is locked. Reason: {config.lock_reason}"}, 403)

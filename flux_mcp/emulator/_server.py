@@ -303,6 +303,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, config: EmulatorConfig | No
             file=sys.stderr,
             flush=True,
         )
-        server.run()
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it handled
+            server.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from flux_mcp.models import AspectRatio, ImageSizePreset, OutputFormat, SafetyTolerance
 from flux_mcp.registry import DEFAULT_MODEL, MODELS
@@ -119,6 +119,52 @@ class SubmitParams(GenerationParams):
     webhook_url: str | None = optional(
         "An https URL that fal POSTs the result to when the job finishes.", pattern=r"^https?://"
     )
+
+
+JobId = Annotated[
+    str, Field(min_length=1, max_length=200, description="The job_id from generate_image or submit_job.")
+]
+
+
+class StatusParams(BaseModel):
+    """``check_status``'s input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: JobId
+    wait_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=45,
+        description="Wait up to this long (0-45 s) for the job to finish before answering.",
+    )
+    include_logs: bool = Field(default=False, description="Include fal's log lines.")
+
+
+class CancelParams(BaseModel):
+    """``cancel_job``'s input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: JobId
+
+
+class UploadParams(BaseModel):
+    """``upload_file``'s input: a local file, or the image's bytes inline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = optional(
+        "Absolute path of a local image inside the allowed directories.", min_length=1
+    )
+    data: str | None = optional("The image as base64 or a data: URI, instead of path.", min_length=1)
+    file_name: str | None = optional("Name to store data under, e.g. photo.png.", max_length=255)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UploadParams:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("give exactly one of path (a local file) or data (base64 or a data: URI)")
+        return self
 
 
 class ImageInfo(BaseModel):

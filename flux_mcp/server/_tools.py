@@ -28,7 +28,6 @@ from mcp.types import (
     TextContent,
     ToolAnnotations,
 )
-from pydantic import Field
 
 from flux_mcp.fal import FalError, QueueStatus
 from flux_mcp.registry import DEFAULT_MODEL, MODELS
@@ -37,12 +36,15 @@ from flux_mcp.server._flat import flat_arguments
 from flux_mcp.server._jobs import JobError, job_uri
 from flux_mcp.server._journal import JobRecord
 from flux_mcp.server._schemas import (
+    CancelParams,
     CancelResultOut,
     GenerationParams,
     JobResult,
     ModelList,
     ModelSummary,
+    StatusParams,
     SubmitParams,
+    UploadParams,
     UploadResult,
 )
 from flux_mcp.server._uploads import UploadRefused, decode_image_data, resolve_local_image, roots_to_dirs
@@ -245,20 +247,9 @@ def register_tools(server: FluxServer) -> None:
         title="Check job status",
         annotations=_READ.model_copy(update={"title": "Check job status"}),
     )
+    @flat_arguments(StatusParams)
     async def check_status(
-        job_id: Annotated[
-            str, Field(description="The job_id from generate_image or submit_job.", min_length=1)
-        ],
-        ctx: Context[AppState],
-        wait_seconds: Annotated[
-            float,
-            Field(
-                description="Wait up to this long (0-45 s) for the job to finish before answering.",
-                ge=0,
-                le=45,
-            ),
-        ] = 0,
-        include_logs: Annotated[bool, Field(description="Include fal's log lines.")] = False,
+        params: StatusParams, ctx: Context[AppState]
     ) -> Annotated[CallToolResult, JobResult]:
         """Report a job's status: queued, in_progress, completed (with its images), failed or cancelled.
 
@@ -267,19 +258,19 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         progress = _Progress(ctx)
         with _tool_errors():
-            record = state.jobs.get(job_id)
+            record = state.jobs.get(params.job_id)
             logs: list[str] = []
             if not record.is_terminal:
-                wait = min(wait_seconds, state.settings.wait_seconds)
+                wait = min(params.wait_seconds, state.settings.wait_seconds)
                 if wait > 0:
                     record, logs = await state.jobs.follow(
-                        record, seconds=wait, logs=include_logs, on_status=progress.on_status
+                        record, seconds=wait, logs=params.include_logs, on_status=progress.on_status
                     )
                 else:
-                    record, logs = await state.jobs.poll(record, logs=include_logs)
+                    record, logs = await state.jobs.poll(record, logs=params.include_logs)
                 if not record.is_terminal:
                     state.jobs.follow_in_background(record)
-        result = state.jobs.describe(record, logs=logs if include_logs else None)
+        result = state.jobs.describe(record, logs=logs if params.include_logs else None)
         if result.status == "failed":  # a status report, not a failed call
             return CallToolResult(
                 content=[TextContent(text=f"Job {result.job_id}: failed. {result.error}")],
@@ -298,14 +289,12 @@ def register_tools(server: FluxServer) -> None:
             open_world_hint=True,
         ),
     )
-    async def cancel_job(
-        job_id: Annotated[str, Field(description="The job_id to cancel.", min_length=1)],
-        ctx: Context[AppState],
-    ) -> CancelResultOut:
+    @flat_arguments(CancelParams)
+    async def cancel_job(params: CancelParams, ctx: Context[AppState]) -> CancelResultOut:
         """Cancel a job on fal. A queued job never runs and is not charged; a running one is stopped if possible."""
         state = _state(ctx)
         with _tool_errors():
-            record, cancelled, message = await state.jobs.cancel(job_id)
+            record, cancelled, message = await state.jobs.cancel(params.job_id)
         return CancelResultOut(
             job_id=record.job_id, status=record.status, cancelled=cancelled, message=message
         )
@@ -321,20 +310,8 @@ def register_tools(server: FluxServer) -> None:
             open_world_hint=True,
         ),
     )
-    async def upload_file(
-        ctx: Context[AppState],
-        path: Annotated[
-            str | None,
-            Field(description="Absolute path of a local image inside the allowed directories."),
-        ] = None,
-        data: Annotated[
-            str | None,
-            Field(description="The image as base64 or a data: URI, instead of path."),
-        ] = None,
-        file_name: Annotated[
-            str | None, Field(description="Name to store data under, e.g. photo.png.")
-        ] = None,
-    ) -> UploadResult:
+    @flat_arguments(UploadParams)
+    async def upload_file(params: UploadParams, ctx: Context[AppState]) -> UploadResult:
         """Put a local image on fal's storage and return its URL, to use as image_url.
 
         Give path (a file inside the directories the user allowed) or data (base64). Only images
@@ -343,11 +320,11 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         limit = state.settings.upload_max_bytes
         with _tool_errors():
-            if (path is None) == (data is None):
-                raise JobError("Give exactly one of path (a local file) or data (base64 or a data: URI).")
-            if path is not None:
+            if params.path is not None:
                 local = await anyio.to_thread.run_sync(
-                    functools.partial(resolve_local_image, path, await _allowed_dirs(ctx, state), limit)
+                    functools.partial(
+                        resolve_local_image, params.path, await _allowed_dirs(ctx, state), limit
+                    )
                 )
                 url = await state.jobs.fal.upload_file(
                     local.path, content_type=local.content_type, file_name=local.file_name
@@ -355,8 +332,8 @@ def register_tools(server: FluxServer) -> None:
                 return UploadResult(
                     url=url, file_name=local.file_name, content_type=local.content_type, size=local.size
                 )
-            assert data is not None
-            decoded = decode_image_data(data, file_name, limit)
+            assert params.data is not None
+            decoded = decode_image_data(params.data, params.file_name, limit)
             url = await state.jobs.fal.upload_bytes(
                 decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
             )
