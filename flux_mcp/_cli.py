@@ -7,6 +7,7 @@ except the demo's report, which is not an MCP server.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,7 +42,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--output-dir", type=Path, default=None, help="where to save (default: FLUX_MCP_OUTPUT_DIR)"
     )
+    config = commands.add_parser("config", help="print an mcpServers entry with absolute paths, for a client")
+    config.add_argument("--name", default="flux", help="server name in the client (default flux)")
     return parser
+
+
+def client_config(name: str) -> dict[str, object]:
+    """An ``mcpServers`` entry that launches this installation by absolute path.
+
+    Desktop clients do not start servers with the user's shell PATH, so a bare ``flux-mcp`` often
+    is "command not found" there; the interpreter's absolute path always works.
+    """
+    return {
+        "mcpServers": {
+            name: {
+                "command": sys.executable,
+                "args": ["-m", "flux_mcp", "serve"],
+                "env": {
+                    "FAL_KEY": "<your fal key, key_id:key_secret, from fal.ai/dashboard/keys>",
+                    "FLUX_MCP_ALLOWED_DIRS": str(Path.home() / "Pictures"),
+                },
+            }
+        }
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     command = args.command or "serve"
+    if command == "config":
+        print(json.dumps(client_config(args.name), indent=2))
+        return 0
     if command == "emulator":
         from flux_mcp.emulator import EmulatorConfig, serve
 

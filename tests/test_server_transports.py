@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -167,3 +168,13 @@ def test_cli_refuses_an_open_network_bind(settings: Settings) -> None:
     )
     assert completed.returncode == 2
     assert "FLUX_MCP_HTTP_TOKEN" in completed.stderr and completed.stdout == ""
+
+
+async def test_the_printed_client_config_launches_the_server(settings: Settings) -> None:
+    printed = await anyio.run_process([sys.executable, "-m", "flux_mcp", "config"], check=True)
+    entry = json.loads(printed.stdout)["mcpServers"]["flux"]
+    assert Path(entry["command"]).is_absolute() and "FAL_KEY" in entry["env"]
+    env = {**entry["env"], **server_env(settings)}
+    params = StdioServerParameters(command=entry["command"], args=entry["args"], env=env)
+    async with Client(params) as client:
+        assert len((await client.list_tools()).tools) == 6

@@ -82,6 +82,8 @@ class JobInfo:
     outcome: str | None
     error_type: str | None
     seed: int
+    finished_at: float | None
+    """When the job completed, on ``time.monotonic``'s clock (for measuring a client's lag)."""
 
 
 class Core:
@@ -136,11 +138,13 @@ class Core:
 
     @property
     def store(self) -> jobs.JobStore:
+        """The job store; it exists once the server's loop runs."""
         assert self._store is not None, "emulator not started"
         return self._store
 
     @property
     def closing(self) -> asyncio.Event:
+        """Set when the server stops, so long-lived responses end instead of holding it up."""
         assert self._closing is not None, "emulator not started"
         return self._closing
 
@@ -313,6 +317,7 @@ class Core:
         return status, {"detail": message, "error_type": outcome}, headers
 
     async def result_response(self, job: jobs.Job) -> Response:
+        """``result_of`` as the HTTP response the result and run routes send."""
         status, body, headers = await self.result_of(job)
         return _json(body, status, job.request_id, headers)
 
@@ -338,6 +343,7 @@ class Core:
             outcome=job.outcome,
             error_type=job.outcome if job.outcome in jobs.INFRASTRUCTURE_ERRORS else None,
             seed=job.seed,
+            finished_at=job.finished_at,
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -369,6 +375,7 @@ class Core:
         return None
 
     def find_job(self, request: Request) -> jobs.Job | None:
+        """The job a ``.../requests/<id>`` URL names, or None if unknown or under another app."""
         job = self.store.jobs.get(request.path_params["request_id"])
         if job is None or not job.served_under(request.path_params["prefix"]):
             return None

@@ -75,10 +75,12 @@ class Job:
 
     @property
     def endpoint_id(self) -> str:
+        """The full id the job was submitted to, sub-path included (what picks its input model)."""
         return str(self.endpoint)
 
     @property
     def state(self) -> str:
+        """fal's status word; there is no FAILED or CANCELLED, a failed job is COMPLETED too."""
         if self.finished_at is not None:
             return COMPLETED
         if self.started_at is not None:
@@ -87,6 +89,7 @@ class Job:
 
     @property
     def start_deadline(self) -> float | None:
+        """When the job fails with ``startup_timeout`` if it has not started (X-Fal-Request-Timeout)."""
         return None if self.start_timeout is None else self.submitted_at + self.start_timeout
 
     def urls(self) -> dict[str, str]:
@@ -150,6 +153,7 @@ class JobStore:
         return True
 
     def running_count(self, now: float) -> int:
+        """Jobs in progress at ``now``: what a direct run is checked against."""
         self.advance(now)
         return len(self._running)
 
