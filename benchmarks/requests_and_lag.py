@@ -50,7 +50,9 @@ def point_official_client_at(url: str) -> None:
     fal_client.client.CDN_URL = url
 
 
-async def measure(emulator: Emulator, run: RunJob, seconds: float, jobs: int) -> tuple[list[int], list[float]]:
+async def measure(
+    emulator: Emulator, run: RunJob, seconds: float, jobs: int
+) -> tuple[list[int], list[float]]:
     emulator.config.job_seconds = seconds
     requests: list[int] = []
     lags: list[float] = []
@@ -75,7 +77,11 @@ async def main(jobs_per_length: dict[float, int]) -> None:
         for seconds, jobs in jobs_per_length.items():
             for name, run in (("flux-mcp", ours), (f"fal-client {fal_client.__version__}", official)):
                 requests, lags = await measure(emulator, run, seconds, jobs)
-                shown = f"{min(requests)}" if min(requests) == max(requests) else f"{min(requests)}-{max(requests)}"
+                shown = (
+                    f"{min(requests)}"
+                    if min(requests) == max(requests)
+                    else f"{min(requests)}-{max(requests)}"
+                )
                 print(
                     f"{seconds:>5}s | {name:<18} | {shown:>12} | {statistics.median(lags):7.1f}ms | "
                     f"{max(lags):7.1f}ms"
