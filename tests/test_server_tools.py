@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult
+from mcp.shared.subscriptions import ResourcesListChanged
+from mcp.types import CallToolResult, ListRootsResult, Root
 from PIL import Image
 
 from flux_mcp.emulator import Emulator
@@ -293,3 +294,33 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 120, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def test_a_root_the_client_shares_is_an_allowed_directory(settings: Settings, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-by-client"
+    shared.mkdir()
+    (shared / "photo.png").write_bytes(_png())
+
+    async def roots(context: object) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri=shared.as_uri(), name="project")])
+
+    async with Client(build_server(settings), mode="legacy", list_roots_callback=roots) as client:
+        shared_file = await client.call_tool("upload_file", {"path": str(shared / "photo.png")})
+    assert not shared_file.is_error, text_of(shared_file)
+    async with Client(build_server(settings), mode="legacy") as client:
+        unshared = await client.call_tool("upload_file", {"path": str(shared / "photo.png")})
+    assert unshared.is_error and "outside the allowed directories" in text_of(unshared)
+
+
+async def test_finished_jobs_are_announced_to_listening_clients(
+    settings: Settings, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.05
+    async with Client(build_server(settings)) as client:
+        async with client.listen(resources_list_changed=True) as events:
+            result = await client.call_tool("generate_image", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+            with anyio.fail_after(5):
+                event = await anext(aiter(events))
+        assert isinstance(event, ResourcesListChanged)
+        listed = await client.list_resources()
+    assert f"flux://images/{result.structured_content['job_id']}/0" in [str(r.uri) for r in listed.resources]
