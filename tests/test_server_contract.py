@@ -17,19 +17,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "leakcheck-id-7f3a:leakcheck-secret-91b2c4"
 
 
-@pytest.fixture
-def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    (tmp_path / "allowed").mkdir()
-    return Settings(
-        fal_key=emulator.key,
-        fal_url=emulator.url,
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        allowed_dirs=[tmp_path / "allowed"],
-        wait_seconds=10,
-    )
-
-
 async def test_every_input_schema_is_flat_and_described(settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
         tools = (await client.list_tools()).tools

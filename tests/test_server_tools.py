@@ -32,19 +32,6 @@ def blocks(result: CallToolResult, kind: str) -> list[Any]:
     return [block for block in result.content if block.type == kind]
 
 
-@pytest.fixture
-def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    (tmp_path / "allowed").mkdir()
-    return Settings(
-        fal_key=emulator.key,
-        fal_url=emulator.url,
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        allowed_dirs=[tmp_path / "allowed"],
-        wait_seconds=10,
-    )
-
-
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -21,25 +21,11 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 from pydantic import SecretStr
 
-from flux_mcp.emulator import Emulator
 from flux_mcp.server import UnsafeBindError, build_server, http_app
 from flux_mcp.settings import Settings
 from tests.serving import serve
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    emulator.config.job_seconds = 0.2
-    return Settings(
-        fal_key=emulator.key,
-        fal_url=emulator.url,
-        output_dir=tmp_path / "out",
-        state_dir=tmp_path / "state",
-        allowed_dirs=[tmp_path],
-        wait_seconds=10,
-    )
 
 
 def server_env(settings: Settings) -> dict[str, str]:
@@ -90,8 +76,8 @@ async def exercise_every_tool(client: Client, picture: Path) -> set[str]:
 
 
 @pytest.fixture
-def picture(tmp_path: Path) -> Path:
-    path = tmp_path / "input.png"
+def picture(settings: Settings) -> Path:
+    path = settings.allowed_dirs[0] / "input.png"
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, format="PNG")
     path.write_bytes(buffer.getvalue())

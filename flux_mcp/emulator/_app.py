@@ -622,7 +622,8 @@ def build_app(core: Core) -> Starlette:
             )
         return await core.result_response(job)
 
-    async def status(request: Request) -> Response:
+    def status_request(request: Request) -> tuple[jobs.Job, bool] | Response:
+        """The job and the ``logs`` flag a status or stream request asks about, or the refusal."""
         if (denied := core.check_key(request)) is not None:
             return denied
         job = core.find_job(request)
@@ -631,17 +632,20 @@ def build_app(core: Core) -> Starlette:
         with_logs = _parse_logs(request.query_params.get("logs"))
         if with_logs is None:
             return _json({"detail": "Invalid value for 'logs'; use 1/0 or true/false"}, 422, job.request_id)
+        return job, with_logs
+
+    async def status(request: Request) -> Response:
+        asked = status_request(request)
+        if isinstance(asked, Response):
+            return asked
+        job, with_logs = asked
         return _json(core.store.status_body(job, time.monotonic(), with_logs), 200, job.request_id)
 
     async def stream(request: Request) -> Response:
-        if (denied := core.check_key(request)) is not None:
-            return denied
-        job = core.find_job(request)
-        if job is None:
-            return _json({"detail": "Request not found"}, 404)
-        with_logs = _parse_logs(request.query_params.get("logs"))
-        if with_logs is None:
-            return _json({"detail": "Invalid value for 'logs'; use 1/0 or true/false"}, 422, job.request_id)
+        asked = status_request(request)
+        if isinstance(asked, Response):
+            return asked
+        job, with_logs = asked
         headers = {"x-fal-request-id": job.request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
             _status_events(core, job, with_logs), media_type="text/event-stream", headers=headers

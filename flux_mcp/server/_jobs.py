@@ -312,6 +312,8 @@ class JobService:
             try:
                 output = await self.fal.result(self.handle(record))
             except (ContentPolicyError, ValidationError, JobFailedError, FalTimeoutError) as exc:
+                if isinstance(exc, FalTimeoutError) and exc.status_code is None:
+                    raise  # fal was slow to answer: the job is fine, ask again later
                 cancelled = exc.error_type in ("client_cancelled", "client_disconnected")
                 record = self.journal.update(
                     job_id,

@@ -60,6 +60,20 @@ _GENERATE = ToolAnnotations(
 )
 _SUBMIT = _GENERATE.model_copy(update={"title": "Submit image job"})
 _READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
+_CANCEL = ToolAnnotations(
+    title="Cancel job",
+    read_only_hint=False,
+    destructive_hint=True,
+    idempotent_hint=True,
+    open_world_hint=True,
+)
+_UPLOAD = ToolAnnotations(
+    title="Upload image",
+    read_only_hint=False,
+    destructive_hint=False,
+    idempotent_hint=False,
+    open_world_hint=True,
+)
 
 
 @contextmanager
@@ -281,13 +295,7 @@ def register_tools(server: FluxServer) -> None:
     @server.tool(
         name="cancel_job",
         title="Cancel job",
-        annotations=ToolAnnotations(
-            title="Cancel job",
-            read_only_hint=False,
-            destructive_hint=True,
-            idempotent_hint=True,
-            open_world_hint=True,
-        ),
+        annotations=_CANCEL,
     )
     @flat_arguments(CancelParams)
     async def cancel_job(params: CancelParams, ctx: Context[AppState]) -> CancelResultOut:
@@ -302,13 +310,7 @@ def register_tools(server: FluxServer) -> None:
     @server.tool(
         name="upload_file",
         title="Upload image",
-        annotations=ToolAnnotations(
-            title="Upload image",
-            read_only_hint=False,
-            destructive_hint=False,
-            idempotent_hint=False,
-            open_world_hint=True,
-        ),
+        annotations=_UPLOAD,
     )
     @flat_arguments(UploadParams)
     async def upload_file(params: UploadParams, ctx: Context[AppState]) -> UploadResult:
