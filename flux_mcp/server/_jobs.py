@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
+        # Previews decode megapixels; more at once than there are cores only adds memory and contention.
+        self._image_work = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self._following: set[str] = set()
         self.task_group: TaskGroup | None = None
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
@@ -377,7 +380,7 @@ class JobService:
                 )
             )
             preview = await make_preview_async(
-                data, max_edge=self.settings.preview_max_edge, max_bytes=budget
+                data, max_edge=self.settings.preview_max_edge, max_bytes=budget, limiter=self._image_work
             )
             await anyio.Path(self._preview_path(record.job_id, index)).parent.mkdir(
                 parents=True, exist_ok=True
