@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request URL at INFO, and a signed upload URL carries its credential in the query.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     command = args.command or "serve"
     if command == "config":
         print(json.dumps(client_config(args.name), indent=2))

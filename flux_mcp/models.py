@@ -61,12 +61,16 @@ class ImageSize(BaseModel):
 
 
 def size_for_aspect_ratio(aspect_ratio: str, megapixels: float = 1.0) -> tuple[int, int]:
-    """The (width, height) of about ``megapixels`` at ``aspect_ratio``, in multiples of 16 as FLUX wants."""
+    """The (width, height) of at most ``megapixels`` at ``aspect_ratio``, in multiples of 16 as FLUX wants.
+
+    Rounded down, never up: per-megapixel prices round each image up to whole megapixels, so 1,568 x 672
+    (just over one) would cost twice what 1,552 x 656 does.
+    """
     w_ratio, h_ratio = (int(part) for part in aspect_ratio.split(":"))
     pixels = megapixels * 1024 * 1024
     height = math.sqrt(pixels * h_ratio / w_ratio)
     width = height * w_ratio / h_ratio
-    return max(16, round(width / 16) * 16), max(16, round(height / 16) * 16)
+    return max(16, int(width // 16) * 16), max(16, int(height // 16) * 16)
 
 
 def image_size_for_aspect_ratio(aspect_ratio: str) -> ImageSizePreset | ImageSize:

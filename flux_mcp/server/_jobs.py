@@ -14,6 +14,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -57,6 +58,12 @@ class JobError(Exception):
 
 class UnknownJobError(JobError):
     """No job with that id is in the journal."""
+
+
+def tool_fields_for(model: ModelInfo) -> list[str]:
+    """The generation arguments a model takes, by the tools' names (aspect_ratio works for every model)."""
+    taken = set(model.parameters) | {"model", "aspect_ratio"}
+    return [name for name in GenerationParams.model_fields if name in taken]
 
 
 def job_uri(job_id: str) -> str:
@@ -128,7 +135,7 @@ class JobService:
             hint = " Use aspect_ratio to shape the image." if "image_size" in unsupported else ""
             raise JobError(
                 f"{model.endpoint_id} does not take {', '.join(unsupported)}. It takes: "
-                f"{', '.join(sorted(accepted))}.{hint} Remove the field or pick another model (list_models)."
+                f"{', '.join(tool_fields_for(model))}.{hint} Remove the field or pick another model (list_models)."
             )
         if model.requires_image and "image_url" not in fields:
             raise JobError(
@@ -329,9 +336,14 @@ class JobService:
             if output is None:
                 return record
             images = await self._save_all(record, output)
-            result = self._result(record, "completed", images, output=output)
+            finished = record.model_copy(update={"completed_at": datetime.now(UTC)})
+            result = self._result(finished, "completed", images, output=output)
             record = self.journal.update(
-                job_id, status="completed", result=result.model_dump(mode="json"), queue_position=None
+                job_id,
+                status="completed",
+                result=result.model_dump(mode="json"),
+                queue_position=None,
+                completed_at=finished.completed_at,
             )
             await self._finished(record)
             return record

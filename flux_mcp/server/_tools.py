@@ -146,9 +146,7 @@ async def _job_result(
     result = result or state.jobs.describe(record)
     if result.status == "failed":
         return CallToolResult(
-            content=[
-                TextContent(text=f"Job {result.job_id} failed: {result.error}. {_retry_hint(result.error)}")
-            ],
+            content=[TextContent(text=f"Job {result.job_id} failed: {_with_hint(result.error)}")],
             structured_content=result.model_dump(mode="json"),
             is_error=True,
         )
@@ -186,11 +184,12 @@ async def _job_result(
     return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
 
 
-def _retry_hint(error: str | None) -> str:
-    text = (error or "").lower()
-    if "content" in text and ("flag" in text or "policy" in text or "checker" in text):
-        return "Rephrase the prompt (or use another input image) and generate again."
-    return "Check the parameters and try again; nothing more will be charged for this job."
+def _with_hint(error: str | None) -> str:
+    """The failure, with what to do next unless fal's message already says it."""
+    text = (error or "unknown error").rstrip(". ") + "."
+    if "rephrase" not in text.lower():
+        text += " Check the parameters and try again; this failed job costs nothing more."
+    return text
 
 
 def register_tools(server: FluxServer) -> None:
