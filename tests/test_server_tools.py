@@ -58,6 +58,7 @@ async def test_generate_image_returns_previews_links_files_and_structured_output
         data["status"] == "completed" and data["seed"] == 3 and data["model"] == "fal-ai/flux-pro/v1.1-ultra"
     )
     assert data["cost_usd"] == pytest.approx(0.06)
+    assert data["completed_at"] and data["completed_at"] >= data["created_at"]
     (image,) = data["images"]
     assert (image["width"], image["height"]) == (2048, 2048)
     saved = Path(image["path"])
@@ -131,7 +132,10 @@ async def test_cancelling_the_call_cancels_the_fal_job(
     ("arguments", "expected"),
     [
         ({"prompt": "x", "image_size": "square"}, "does not take image_size"),
-        ({"prompt": "x", "model": "fal-ai/flux/dev", "raw": True}, "It takes:"),
+        (
+            {"prompt": "x", "model": "fal-ai/flux/dev", "raw": True},
+            "It takes: prompt, model, aspect_ratio, image_size",
+        ),
         ({"prompt": "", "model": "fal-ai/flux-pro/v1.1-ultra/redux"}, "pass image_url"),
         ({"prompt": "x", "num_images": 9}, "less than or equal to 4"),
         ({"prompt": "x", "model": "fal-ai/flux-pro/v2"}, "model"),
