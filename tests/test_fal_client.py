@@ -166,6 +166,16 @@ async def test_polling_is_the_fallback_when_the_stream_is_unavailable(
     assert emulator.counters["status"] >= 1
 
 
+async def test_a_broken_stream_is_reopened_before_falling_back_to_polling(
+    emulator: Emulator, fal: FalClient
+) -> None:
+    emulator.config.job_seconds = 0.2
+    emulator.inject("stream", "drop_before", count=1)
+    handle = await fal.submit("fal-ai/flux/schnell", {"prompt": "x"})
+    assert (await fal.wait(handle)).images
+    assert emulator.counters["stream"] == 2 and emulator.counters["status"] == 0
+
+
 async def test_result_while_running_is_none_not_an_error(emulator: Emulator, fal: FalClient) -> None:
     emulator.config.job_seconds = 5
     handle = await fal.submit("fal-ai/flux/schnell", {"prompt": "x"})

@@ -45,8 +45,9 @@ StatusCallback = Callable[[QueueStatus], Awaitable[None]]
 _DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 #: The status stream may stay quiet while a job waits in the queue; after this long it is reopened.
 _STREAM_TIMEOUT = httpx.Timeout(5.0, read=60.0)
-#: Stream failures after which polling still has a chance: the stream route missing or the line broken.
-_STREAM_FALLBACK_ERRORS = (NotFoundError, UpstreamUnavailableError, FalTimeoutError)
+#: Consecutive broken status streams before falling back to polling.
+_STREAM_ATTEMPTS = 3
+_MAX_POLL_INTERVAL = 2.0
 
 
 class FalClient:
@@ -203,24 +204,33 @@ class FalClient:
     async def stream_status(
         self, handle: QueueHandle, *, logs: bool = False, poll_interval: float | None = None
     ) -> AsyncIterator[QueueStatus]:
-        """Status updates until COMPLETED: fal's SSE stream, reopened when it ends early, polling if it fails.
+        """Status updates until COMPLETED: fal's SSE stream, reopened when it breaks, polling if it cannot.
 
-        Each status is yielded once per change; the iterator ends after the COMPLETED status.
+        A stream that is missing (404/405) or not SSE means polling at once; one that breaks or goes
+        quiet for a minute (a long queue) is reopened, up to three times in a row, before polling.
+        Polling starts at ``poll_interval`` and slows to 2 s, so a long job costs tens of requests,
+        not hundreds. Each status is yielded once per change; the iterator ends after COMPLETED.
         """
         interval = poll_interval if poll_interval is not None else self.poll_interval
-        stream_failures = 0
-        while stream_failures < 2:
+        failures = 0
+        while failures < _STREAM_ATTEMPTS:
             try:
                 async for status in self._sse(handle, logs):
+                    failures = 0
                     yield status
                     if status.done:
                         return
-                stream_failures += 1  # the stream closed before COMPLETED: reopen once, then poll
-            except (FalError, SSEError) as exc:
-                if isinstance(exc, FalError) and not isinstance(exc, _STREAM_FALLBACK_ERRORS):
-                    raise
-                logger.info("status stream unavailable (%s); polling instead", exc)
+                failures += 1  # closed before COMPLETED: reopen
+            except (NotFoundError, SSEError) as exc:
+                logger.info("no status stream here (%s); polling instead", exc)
                 break
+            except (UpstreamUnavailableError, FalTimeoutError) as exc:
+                failures += 1
+                logger.info(
+                    "status stream broke (%s); %s",
+                    exc,
+                    "reopening" if failures < _STREAM_ATTEMPTS else "polling",
+                )
         previous: QueueStatus | None = None
         while True:
             status = await self.status(handle, logs=logs)
@@ -230,6 +240,7 @@ class FalClient:
                 return
             previous = status
             await anyio.sleep(interval)
+            interval = min(_MAX_POLL_INTERVAL, interval * 1.5)
 
     async def _sse(self, handle: QueueHandle, logs: bool) -> AsyncIterator[QueueStatus]:
         async with self._transport.stream(
