@@ -535,12 +535,31 @@ def _iso(unix: float) -> str:
 def build_app(core: Core) -> Starlette:
     """The Starlette app serving fal's protocol from ``core``."""
 
-    async def submit(request: Request) -> Response:
+    def target(request: Request) -> EndpointId | Response:
+        """The endpoint a submit or run addresses, or the refusal (bad key, unknown app or path)."""
         if (denied := core.check_key(request)) is not None:
             return denied
         endpoint, missing = _known_endpoint(request.path_params["endpoint"])
         if missing is not None or endpoint is None:
             return missing or _json({"detail": "Application not found"}, 404)
+        return endpoint
+
+    async def model_input(
+        request: Request, endpoint: EndpointId
+    ) -> tuple[Any, FalInput | None, FieldErrors | None]:
+        """The body as sent, validated as fal validates it; errors are kept for the result call."""
+        arguments, errors = parse_body(await request.body())
+        if errors is not None:
+            return arguments, None, errors
+        validated, errors = validate(
+            str(endpoint), arguments, reject_unknown=core.config.reject_unknown_fields
+        )
+        return arguments, validated, errors
+
+    async def submit(request: Request) -> Response:
+        endpoint = target(request)
+        if isinstance(endpoint, Response):
+            return endpoint
         priority_header = request.headers.get("x-fal-queue-priority")
         if priority_header is not None and priority_header not in ("normal", "low"):
             return _header_error(
@@ -559,19 +578,14 @@ def build_app(core: Core) -> Starlette:
                     "Input should be a positive number",
                     "greater_than",
                 )
-        arguments, errors = parse_body(await request.body())
-        model_input = None
-        if errors is None:
-            model_input, errors = validate(
-                str(endpoint), arguments, reject_unknown=core.config.reject_unknown_fields
-            )
+        arguments, validated, errors = await model_input(request, endpoint)
         if errors is not None and core.config.validate_at_submit:
             return _json({"detail": errors}, 422)
         job = core.create_job(
             endpoint,
             _origin(request),
             arguments,
-            model_input,
+            validated,
             errors,
             priority=1 if priority_header == "low" else 0,
             start_timeout=start_timeout,
@@ -590,17 +604,10 @@ def build_app(core: Core) -> Starlette:
         return _json(body, 200, job.request_id)
 
     async def run(request: Request) -> Response:
-        if (denied := core.check_key(request)) is not None:
-            return denied
-        endpoint, missing = _known_endpoint(request.path_params["endpoint"])
-        if missing is not None or endpoint is None:
-            return missing or _json({"detail": "Application not found"}, 404)
-        arguments, errors = parse_body(await request.body())
-        model_input = None
-        if errors is None:
-            model_input, errors = validate(
-                str(endpoint), arguments, reject_unknown=core.config.reject_unknown_fields
-            )
+        endpoint = target(request)
+        if isinstance(endpoint, Response):
+            return endpoint
+        arguments, validated, errors = await model_input(request, endpoint)
         limit = core.config.max_concurrent
         if limit is not None and core.store.running_count(time.monotonic()) >= limit:
             return _json({"detail": "Concurrent requests limit exceeded. Please retry later."}, 429)
@@ -608,7 +615,7 @@ def build_app(core: Core) -> Starlette:
             endpoint,
             _origin(request),
             arguments,
-            model_input,
+            validated,
             errors,
             runner_hint=request.headers.get("x-fal-runner-hint"),
             sync=True,
