@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
     preview_max_edge: int = Field(default=1024, ge=64, le=4096)
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    retry_attempts: int = Field(
+        default=8, ge=1, le=20, description="Tries per fal request (see RetryPolicy)."
+    )
+    retry_base_delay: float = Field(default=0.1, ge=0, le=10, description="First backoff delay, seconds.")
+    retry_max_delay: float = Field(default=10.0, ge=0, le=60, description="Longest backoff delay, seconds.")
 
     @field_validator("allowed_dirs", mode="before")
     @classmethod

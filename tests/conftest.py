@@ -34,4 +34,7 @@ def settings(emulator: Emulator, tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         allowed_dirs=[tmp_path / "allowed"],
         wait_seconds=10,
+        retry_attempts=3,
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
     )

@@ -315,3 +315,40 @@ async def test_finished_jobs_are_announced_to_listening_clients(
         assert isinstance(event, ResourcesListChanged)
         listed = await client.list_resources()
     assert f"flux://images/{result.structured_content['job_id']}/0" in [str(r.uri) for r in listed.resources]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("429", "Wait a little and try again"),
+        ("503_fal", "Try again in a minute"),
+        ("drop", "before submitting again"),
+    ],
+)
+async def test_fal_trouble_at_submit_is_an_error_that_says_what_to_do(
+    settings: Settings, emulator: Emulator, fault: str, expected: str
+) -> None:
+    emulator.inject("submit", fault, count=20)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate_image", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+    assert result.is_error and expected in text_of(result)
+
+
+async def test_losing_fal_while_waiting_still_returns_the_job_id(
+    settings: Settings, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.5
+    emulator.inject("stream", "500", count=20)
+    emulator.inject("status", "500", count=20)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate_image", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+        assert not result.is_error
+        job_id = result.structured_content["job_id"]
+        assert "Lost contact with fal" in result.structured_content["message"]
+        emulator.clear_faults()
+        with anyio.fail_after(10):
+            while (
+                done := await client.call_tool("check_status", {"job_id": job_id, "wait_seconds": 5})
+            ).structured_content["status"] != "completed":
+                pass
+    assert done.structured_content["images"]

@@ -86,6 +86,14 @@ class FalClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> FalClient:
         """A client configured from flux-mcp's settings (key and ``FLUX_MCP_FAL_URL``)."""
+        kwargs.setdefault(
+            "retry",
+            RetryPolicy(
+                max_attempts=settings.retry_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+            ),
+        )
         return cls(settings.fal_credentials(), base_url=settings.fal_url, **kwargs)
 
     async def __aenter__(self) -> FalClient:
