@@ -71,12 +71,15 @@ class FalClient:
     ) -> None:
         self.hosts = FalHosts(base_url)
         self._owns_http = http is None
-        self.http = http or httpx.AsyncClient(
-            timeout=_DEFAULT_TIMEOUT,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            headers={"User-Agent": f"flux-mcp/{__version__}"},
+        self.http = http or _http_client(max_connections=100, keepalive=20)
+        # Status streams stay open for a job's whole life. In a pool of their own they neither take
+        # the request pool's slots nor make it drop its idle keep-alive connections (httpcore counts
+        # every open connection against max_keepalive_connections), which under load would cost a
+        # new connection, and against fal a new TLS handshake, for every request.
+        self._streams = http or _http_client(max_connections=1000, keepalive=10)
+        self._transport = FalTransport(
+            self.http, self.hosts, key, retry or RetryPolicy(), streams=self._streams
         )
-        self._transport = FalTransport(self.http, self.hosts, key, retry or RetryPolicy())
         self._uploader = Uploader(
             self._transport, multipart_threshold=multipart_threshold, part_size=part_size
         )
@@ -106,6 +109,7 @@ class FalClient:
         """Close the HTTP client if this object created it."""
         if self._owns_http:
             await self.http.aclose()
+            await self._streams.aclose()
 
     # ------------------------------------------------------------------------------------------ queue
 
@@ -366,6 +370,14 @@ class FalClient:
             raise UpstreamUnavailableError(
                 f"could not download {url.split('?', 1)[0]} ({type(exc).__name__})"
             ) from None
+
+
+def _http_client(*, max_connections: int, keepalive: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=_DEFAULT_TIMEOUT,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
+        headers={"User-Agent": f"flux-mcp/{__version__}"},
+    )
 
 
 def _json_or_none(response: httpx.Response) -> Any:

@@ -49,8 +49,11 @@ class FalTransport:
         hosts: FalHosts,
         key: str | None,
         retry: RetryPolicy,
+        *,
+        streams: httpx.AsyncClient | None = None,
     ) -> None:
         self.http = http
+        self.streams = streams or http
         self.hosts = hosts
         self._key = key
         self.retry = retry
@@ -142,7 +145,7 @@ class FalTransport:
         """Open a streamed response once (no retries: the caller owns the fallback); errors are ``FalError``."""
         request_headers = self._headers(url, auth, headers)
         try:
-            async with self.http.stream(
+            async with self.streams.stream(
                 method,
                 url,
                 headers=request_headers,
