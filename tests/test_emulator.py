@@ -168,6 +168,25 @@ async def test_status_result_and_cancel_accept_both_url_forms(emulator: Emulator
         assert (await http.get(f"/fal-ai/flux-pro/requests/{uuid.uuid4()}")).status_code == 404
 
 
+async def test_apps_that_route_only_one_url_form(emulator: Emulator) -> None:
+    async with client(emulator) as http:
+        emulator.config.request_routes = "app"
+        submitted = await submit(http, ULTRA)
+        full = submitted["status_url"].replace("/fal-ai/flux-pro/", "/fal-ai/flux-pro/v1.1-ultra/")
+        assert (await http.get(full)).status_code == 405
+        assert (await http.get(submitted["status_url"])).status_code == 200
+
+        emulator.config.request_routes = "full_path"
+        submitted = await submit(http, ULTRA)
+        assert "/fal-ai/flux-pro/v1.1-ultra/requests/" in submitted["status_url"]
+        short = submitted["status_url"].replace("/fal-ai/flux-pro/v1.1-ultra/", "/fal-ai/flux-pro/")
+        refused = await http.get(short)
+        assert refused.status_code == 404 and refused.json()["message"] == "Path /v1.1-ultra not found"
+        assert (await http.get(submitted["status_url"])).status_code == 200
+        cancelled = await http.put(submitted["cancel_url"])  # the URLs fal returned always work
+        assert cancelled.status_code == 202
+
+
 @pytest.mark.parametrize(
     ("logs", "expect_list"), [("true", True), ("1", True), ("false", False), ("0", False), (None, False)]
 )

@@ -190,6 +190,18 @@ async def test_a_handle_rebuilt_from_the_request_id_finds_the_job(fal: FalClient
     assert (await fal.wait(handle)).images
 
 
+@pytest.mark.parametrize("routes", ["app", "full_path"])
+async def test_a_rebuilt_handle_finds_jobs_of_apps_that_route_only_one_url_form(
+    emulator: Emulator, fal: FalClient, routes: str
+) -> None:
+    emulator.config.request_routes = routes
+    submitted = await fal.submit("fal-ai/flux-pro/v1.1-ultra", {"prompt": "x"})
+    assert ("/v1.1-ultra/requests/" in submitted.status_url) == (routes == "full_path")
+    handle, status = await fal.resolve_handle("fal-ai/flux-pro/v1.1-ultra", submitted.request_id)
+    assert handle.status_url == submitted.status_url and status.request_id == submitted.request_id
+    assert (await fal.wait(handle)).images
+
+
 async def test_webhook_url_goes_to_fal_webhook(emulator: Emulator, fal: FalClient, foreign) -> None:
     url, seen = foreign
     emulator.config.job_seconds = 0.05

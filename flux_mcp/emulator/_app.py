@@ -217,6 +217,7 @@ class Core:
             webhook_url=webhook_url,
             runner_hint=runner_hint,
             sync=sync,
+            full_path_urls=config.request_routes == "full_path",
         )
         if planned == jobs.OK:
             # Rendered ahead of time (it is deterministic) so the result is ready when the job
@@ -374,11 +375,17 @@ class Core:
             return _json({"detail": "Invalid or expired token"}, 401)
         return None
 
-    def find_job(self, request: Request) -> jobs.Job | None:
-        """The job a ``.../requests/<id>`` URL names, or None if unknown or under another app."""
+    def find_job(self, request: Request) -> jobs.Job | Response:
+        """The job a ``.../requests/<id>`` URL names, or fal's refusal: unknown id, other app, wrong form."""
         job = self.store.jobs.get(request.path_params["request_id"])
-        if job is None or not job.served_under(request.path_params["prefix"]):
-            return None
+        prefix = request.path_params["prefix"].strip("/")
+        if job is None or not job.served_under(prefix):
+            return _json({"detail": "Request not found"}, 404)
+        routes = self.config.request_routes
+        if job.endpoint.path and routes == "app" and prefix == job.endpoint_id:
+            return _json({"detail": "Method Not Allowed"}, 405)
+        if job.endpoint.path and routes == "full_path" and prefix == job.endpoint.app:
+            return JSONResponse({"error": "Error", "message": f"Path /{job.endpoint.path} not found"}, 404)
         return job
 
 
@@ -634,8 +641,8 @@ def build_app(core: Core) -> Starlette:
         if (denied := core.check_key(request)) is not None:
             return denied
         job = core.find_job(request)
-        if job is None:
-            return _json({"detail": "Request not found"}, 404)
+        if isinstance(job, Response):
+            return job
         with_logs = _parse_logs(request.query_params.get("logs"))
         if with_logs is None:
             return _json({"detail": "Invalid value for 'logs'; use 1/0 or true/false"}, 422, job.request_id)
@@ -662,8 +669,8 @@ def build_app(core: Core) -> Starlette:
         if (denied := core.check_key(request)) is not None:
             return denied
         job = core.find_job(request)
-        if job is None:
-            return _json({"detail": "Request not found"}, 404)
+        if isinstance(job, Response):
+            return job
         core.store.advance(time.monotonic())
         if job.finished_at is None:
             return _json({"detail": "Request is still in progress"}, 400, job.request_id)
@@ -674,9 +681,14 @@ def build_app(core: Core) -> Starlette:
             return denied
         style = core.config.cancel_style
         job = core.find_job(request)
-        if job is None:
-            body = {"status": "NOT_FOUND"} if style == "status" else {"detail": "Request not found"}
-            return _json(body, 404)
+        if isinstance(job, Response):
+            if (
+                job.status_code == 404
+                and style == "status"
+                and core.store.jobs.get(request.path_params["request_id"]) is None
+            ):
+                return _json({"status": "NOT_FOUND"}, 404)
+            return job
         requested = core.store.cancel(job, time.monotonic(), core.config.cancel_in_progress_honoured)
         if style == "openapi":
             return _json({"success": requested}, 200, job.request_id)

@@ -67,6 +67,13 @@ class EmulatorConfig(BaseModel):
     """Whether fal rejects unknown input fields (422 ``extra_forbid``) or drops them. Not known for
     sure; dropping them is what fal's pydantic apps do by default, hence the default."""
 
+    request_routes: Literal["both", "app", "full_path"] = "both"
+    """Which URL forms reach a request of an endpoint with a sub-path (``fal-ai/flux-pro/v1.1-ultra``).
+    ``"both"``: ``.../fal-ai/flux-pro/requests/<id>`` and ``.../fal-ai/flux-pro/v1.1-ultra/requests/<id>``.
+    ``"app"``: only the owner/alias form; the full path answers 405, as reported for some apps.
+    ``"full_path"``: only the full path, and submit answers with URLs in that form; the owner/alias
+    form answers 404 "Path /<sub-path> not found", as fal-js issue 214 reports for other apps."""
+
     # ----------------------------------------------------------------------------------------------
     # Cancellation
 

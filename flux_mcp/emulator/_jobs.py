@@ -68,6 +68,7 @@ class Job:
     seq: int = 0
     started_at: float | None = None
     finished_at: float | None = None
+    full_path_urls: bool = False
     outcome: str | None = None
     cancel_requested: bool = False
     output: asyncio.Future[dict[str, Any]] | None = None
@@ -93,8 +94,9 @@ class Job:
         return None if self.start_timeout is None else self.submitted_at + self.start_timeout
 
     def urls(self) -> dict[str, str]:
-        """fal's follow-up URLs: owner/alias form, the sub-path dropped, as fal answers."""
-        base = f"{self.origin}/{self.endpoint.app}/requests/{self.request_id}"
+        """fal's follow-up URLs: owner/alias form, the sub-path dropped, as fal answers (or the full path)."""
+        prefix = self.endpoint_id if self.full_path_urls else self.endpoint.app
+        base = f"{self.origin}/{prefix}/requests/{self.request_id}"
         return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
     def served_under(self, prefix: str) -> bool:
