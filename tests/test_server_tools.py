@@ -352,3 +352,21 @@ async def test_losing_fal_while_waiting_still_returns_the_job_id(
             ).structured_content["status"] != "completed":
                 pass
     assert done.structured_content["images"]
+
+
+async def test_a_running_job_fal_cannot_stop_still_delivers_its_images(
+    settings: Settings, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.5
+    emulator.config.cancel_in_progress_honoured = False
+    async with Client(build_server(settings)) as client:
+        submitted = await client.call_tool("submit_job", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+        job_id = submitted.structured_content["job_id"]
+        with anyio.fail_after(5):
+            while not emulator.job(job_id).started:
+                await anyio.sleep(0.01)
+        cancelled = await client.call_tool("cancel_job", {"job_id": job_id})
+        assert cancelled.structured_content["status"] == "in_progress"
+        assert "requested" in cancelled.structured_content["message"]
+        done = await client.call_tool("check_status", {"job_id": job_id, "wait_seconds": 10})
+    assert done.structured_content["status"] == "completed" and done.structured_content["images"]

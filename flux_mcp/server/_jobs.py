@@ -435,23 +435,30 @@ class JobService:
     # ------------------------------------------------------------------------------------ cancelling
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool, str]:
-        """Cancel on fal. Returns the job, whether the cancel took effect, and what happened."""
+        """Cancel on fal. Returns the job, whether the cancel was accepted, and what happened.
+
+        The job is journalled as cancelled only when fal says so: a running job that fal could not
+        stop still completes, is paid for, and its images are saved like any other's.
+        """
         record = self.get(job_id)
         if record.is_terminal:
             return record, False, f"The job had already finished ({record.status}); nothing to cancel."
         answer = await self.fal.cancel(self.handle(record))
-        if answer.accepted:
-            record = self.journal.update(
-                job_id, status="cancelled", error="cancelled on request", queue_position=None
-            )
-            await self._finished(record)
-            return (
-                record,
-                True,
-                "Cancelled. A queued job is never run or charged; a running one is stopped if fal still can.",
-            )
-        record = await self.finish(job_id)
-        return record, False, f"The job had already finished ({record.status}); fal did not cancel it."
+        if not answer.accepted:
+            record = await self.finish(job_id)
+            return record, False, f"The job had already finished ({record.status}); fal did not cancel it."
+        record, _ = await self.poll(record)
+        if record.status == "cancelled":
+            return record, True, "Cancelled. A queued job is never run or charged."
+        if record.is_terminal:
+            return record, False, f"The job finished ({record.status}) before the cancel reached it."
+        self.follow_in_background(record)
+        return (
+            record,
+            True,
+            "Cancellation requested: fal stops a running job if it still can. If it finishes anyway, its "
+            "images are saved; check_status shows the outcome.",
+        )
 
     # ------------------------------------------------------------------------------------- describing
 
