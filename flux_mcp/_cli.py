@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,8 +69,11 @@ def client_config(name: str) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flux-mcp`` console script."""
     args = _parser().parse_args(argv)
+    from flux_mcp.settings import Settings
+
+    settings = Settings()
     logging.basicConfig(
-        level=os.environ.get("FLUX_MCP_LOG_LEVEL", "INFO").upper(),
+        level=settings.log_level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -94,13 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flux_mcp._demo import run_demo
 
         return run_demo(
-            prompt=args.prompt, model=args.model, aspect_ratio=args.aspect_ratio, output_dir=args.output_dir
+            prompt=args.prompt,
+            model=args.model,
+            aspect_ratio=args.aspect_ratio,
+            output_dir=args.output_dir or settings.output_dir,
         )
 
     from flux_mcp.server import UnsafeBindError, build_server, serve_http
-    from flux_mcp.settings import Settings
 
-    settings = Settings()
     server = build_server(settings)
     transport = getattr(args, "transport", "stdio")
     if transport == "stdio":

@@ -16,14 +16,12 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
-from flux_mcp.settings import Settings
 
-
-def run_demo(*, prompt: str, model: str, aspect_ratio: str, output_dir: Path | None = None) -> int:
+def run_demo(*, prompt: str, model: str, aspect_ratio: str, output_dir: Path) -> int:
     """Run the demo; returns the process exit code."""
     from flux_mcp.emulator import Emulator, EmulatorConfig
 
-    output = (output_dir or Settings().output_dir).expanduser().resolve()
+    output = output_dir.expanduser().resolve()
     state_dir = Path(tempfile.mkdtemp(prefix="flux-mcp-demo-"))
     try:
         with Emulator(EmulatorConfig(job_seconds=2.0)) as emulator:

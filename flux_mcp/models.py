@@ -11,10 +11,12 @@ a field silently dropped is a parameter the user believes they set.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
 
 AspectRatio: TypeAlias = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
 ImageSizePreset: TypeAlias = Literal[
@@ -257,6 +259,17 @@ INPUT_MODELS: dict[str, type[FalInput]] = {
     "fal-ai/flux/dev": FluxDevInput,
     "fal-ai/flux/schnell": FluxSchnellInput,
 }
+
+
+def field_errors(exc: PydanticValidationError, *, include_input: bool = False) -> list[dict[str, Any]]:
+    """A validation failure as fal reports it: FastAPI's 422 ``detail`` entries, under ``loc: ["body", ...]``.
+
+    Shared by the client's pre-check and the emulator, so both describe a bad field the same way.
+    """
+    errors: list[dict[str, Any]] = json.loads(exc.json(include_url=False, include_input=include_input))
+    for error in errors:
+        error["loc"] = ["body", *error.get("loc", [])]
+    return errors
 
 
 def output_size(endpoint_id: str, arguments: FalInput) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -58,11 +58,19 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
     preview_max_edge: int = Field(default=1024, ge=64, le=4096)
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Level of the logs written to stderr."
+    )
     retry_attempts: int = Field(
         default=8, ge=1, le=20, description="Tries per fal request (see RetryPolicy)."
     )
     retry_base_delay: float = Field(default=0.1, ge=0, le=10, description="First backoff delay, seconds.")
     retry_max_delay: float = Field(default=10.0, ge=0, le=60, description="Longest backoff delay, seconds.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("allowed_dirs", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic
 
-from flux_mcp.models import INPUT_MODELS, FalInput
+from flux_mcp.models import INPUT_MODELS, FalInput, field_errors
 
 FieldErrors = list[dict[str, Any]]
 
@@ -48,10 +48,7 @@ def validate(
     try:
         return model.model_validate(body), None
     except pydantic.ValidationError as exc:
-        errors = json.loads(exc.json(include_url=False))
-        for error in errors:
-            error["loc"] = ["body", *error.get("loc", [])]
-        return None, errors
+        return None, field_errors(exc, include_input=True)
 
 
 def _strip_unknown(model: type[pydantic.BaseModel], value: Any) -> Any:

@@ -29,11 +29,12 @@ from flux_mcp.fal._exceptions import (
     UpstreamUnavailableError,
 )
 from flux_mcp.fal._inputs import validate_input
+from flux_mcp.fal._responses import json_body
 from flux_mcp.fal._retry import RetryPolicy
 from flux_mcp.fal._storage import MiB, Uploader
 from flux_mcp.fal._transport import FalTransport
 from flux_mcp.fal._types import CancelResult, QueueHandle, QueueStatus
-from flux_mcp.fal._urls import EndpointId, FalHosts
+from flux_mcp.fal._urls import EndpointId, FalHosts, without_query
 from flux_mcp.models import FalInput, FluxOutput
 from flux_mcp.settings import Settings
 
@@ -281,7 +282,7 @@ class FalClient:
         ``JobFailedError`` for a failure on fal's side.
         """
         response = await self._transport.send("GET", handle.response_url, phase="result", ok_statuses=(400,))
-        body = _json_or_none(response)
+        body = json_body(response)
         if response.status_code == 400:
             detail = body.get("detail") if isinstance(body, dict) else None
             if isinstance(detail, str) and "in progress" in detail.lower():
@@ -326,7 +327,7 @@ class FalClient:
     async def cancel(self, handle: QueueHandle) -> CancelResult:
         """Ask fal to cancel; a queued job never runs, a running one is stopped on a best-effort basis."""
         response = await self._transport.send("PUT", handle.cancel_url, phase="cancel", ok_statuses=(400,))
-        body = _json_or_none(response)
+        body = json_body(response)
         text = json.dumps(body) if body is not None else response.text
         if response.status_code == 400 or (isinstance(body, dict) and body.get("success") is False):
             return CancelResult(accepted=False, detail=f"the job had already finished ({text[:200]})")
@@ -353,7 +354,7 @@ class FalClient:
                 if not response.is_success:
                     await response.aread()
                     raise FalError(
-                        f"could not download {url.split('?', 1)[0]} (HTTP {response.status_code})",
+                        f"could not download {without_query(url)} (HTTP {response.status_code})",
                         status_code=response.status_code,
                     )
                 chunks: list[bytes] = []
@@ -361,14 +362,12 @@ class FalClient:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > self.max_download_bytes:
-                        raise FalError(
-                            f"{url.split('?', 1)[0]} is larger than {self.max_download_bytes} bytes"
-                        )
+                        raise FalError(f"{without_query(url)} is larger than {self.max_download_bytes} bytes")
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.TransportError as exc:
             raise UpstreamUnavailableError(
-                f"could not download {url.split('?', 1)[0]} ({type(exc).__name__})"
+                f"could not download {without_query(url)} ({type(exc).__name__})"
             ) from None
 
 
@@ -378,13 +377,6 @@ def _http_client(*, max_connections: int, keepalive: int) -> httpx.AsyncClient:
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
         headers={"User-Agent": f"flux-mcp/{__version__}"},
     )
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _parse_status(body: Any) -> QueueStatus:

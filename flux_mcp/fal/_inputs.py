@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 
 from flux_mcp.fal._exceptions import NotFoundError, ValidationError, describe_field_errors
-from flux_mcp.models import INPUT_MODELS, FalInput
+from flux_mcp.models import INPUT_MODELS, FalInput, field_errors
 
 
 def validate_input(endpoint_id: str, arguments: FalInput | Mapping[str, Any]) -> FalInput:
@@ -24,10 +24,7 @@ def validate_input(endpoint_id: str, arguments: FalInput | Mapping[str, Any]) ->
     try:
         return model.model_validate(raw)
     except pydantic.ValidationError as exc:
-        errors = [
-            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
+        errors = field_errors(exc)
         raise ValidationError(
             f"invalid input for {endpoint_id}: {describe_field_errors(errors)}", errors
         ) from None

@@ -63,7 +63,8 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _body(response: httpx.Response) -> Any:
+def json_body(response: httpx.Response) -> Any:
+    """The response's JSON, or None when it has none (an nginx page, an empty body)."""
     try:
         return response.json()
     except ValueError:
@@ -91,10 +92,10 @@ def _detail_text(response: httpx.Response, body: Any) -> str:
     return text[:_MAX_TEXT] or f"HTTP {response.status_code}"
 
 
-def error_from_response(response: httpx.Response, phase: Phase) -> FalError:
-    """The exception for a non-2xx answer from fal during ``phase``."""
+def error_from_response(response: httpx.Response, phase: Phase, attempts: int = 1) -> FalError:
+    """The exception for a non-2xx answer from fal during ``phase``, after ``attempts`` tries."""
     status = response.status_code
-    body = _body(response)
+    body = json_body(response)
     detail = _detail_text(response, body)
     error_type = (body.get("error_type") if isinstance(body, dict) else None) or response.headers.get(
         "x-fal-error-type"
@@ -104,6 +105,7 @@ def error_from_response(response: httpx.Response, phase: Phase) -> FalError:
         "request_id": fal_request_id(response),
         "error_type": error_type,
     }
+    gave_up = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
 
     if status == 401:
         return AuthenticationError(
@@ -134,7 +136,7 @@ def error_from_response(response: httpx.Response, phase: Phase) -> FalError:
         return NotFoundError(f"fal does not know this endpoint or request ({status}: {detail}).", **common)
     if status == 429:
         return RateLimitedError(
-            f"fal is rate limiting this key (429: {detail}). Wait a little and try again.",
+            f"fal is rate limiting this key (429: {detail}). Wait a little and try again.{gave_up}",
             retry_after=retry_after_seconds(response),
             **common,
         )
@@ -149,6 +151,7 @@ def error_from_response(response: httpx.Response, phase: Phase) -> FalError:
         return JobFailedError(f"The job failed on fal's side: {detail}", **common)
     if status >= 500:
         return UpstreamUnavailableError(
-            f"fal is unavailable right now (HTTP {status}: {detail}). Try again in a minute.", **common
+            f"fal is unavailable right now (HTTP {status}: {detail}). Try again in a minute.{gave_up}",
+            **common,
         )
     return FalError(f"fal answered HTTP {status}: {detail}", **common)

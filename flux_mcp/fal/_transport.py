@@ -19,7 +19,6 @@ from flux_mcp.fal._exceptions import (
     FalError,
     FalTimeoutError,
     MissingCredentialsError,
-    RateLimitedError,
     SubmissionStateUnknownError,
     UpstreamUnavailableError,
 )
@@ -32,7 +31,7 @@ from flux_mcp.fal._retry import (
     surely_not_sent,
     transport_error_retryable,
 )
-from flux_mcp.fal._urls import FalHosts
+from flux_mcp.fal._urls import FalHosts, without_query
 
 logger = logging.getLogger("flux_mcp.fal")
 
@@ -110,7 +109,9 @@ class FalTransport:
             except httpx.TransportError as exc:
                 if attempt < self.retry.max_attempts and transport_error_retryable(exc, idempotency):
                     delay = self.retry.backoff(attempt)
-                    logger.info("%s %s: %s; retrying in %.2fs", method, _safe(url), type(exc).__name__, delay)
+                    logger.info(
+                        "%s %s: %s; retrying in %.2fs", method, without_query(url), type(exc).__name__, delay
+                    )
                     await anyio.sleep(delay)
                     continue
                 raise _transport_error(exc, phase, idempotency, url) from None
@@ -120,15 +121,15 @@ class FalTransport:
                 delay = delay_before_retry(self.retry, attempt, response)
                 if delay is not None:
                     logger.info(
-                        "%s %s: HTTP %d; retrying in %.2fs", method, _safe(url), response.status_code, delay
+                        "%s %s: HTTP %d; retrying in %.2fs",
+                        method,
+                        without_query(url),
+                        response.status_code,
+                        delay,
                     )
                     await anyio.sleep(delay)
                     continue
-            error = error_from_response(response, phase)
-            if isinstance(error, RateLimitedError | UpstreamUnavailableError) and attempt > 1:
-                error.message = f"{error.message} (gave up after {attempt} attempts)"
-                error.args = (error.message,)
-            raise error
+            raise error_from_response(response, phase, attempts=attempt)
 
     @asynccontextmanager
     async def stream(
@@ -160,13 +161,8 @@ class FalTransport:
             raise _transport_error(exc, phase, "idempotent", url) from None
 
 
-def _safe(url: str) -> str:
-    """A URL for logs and messages: no query string (a signed upload URL carries credentials there)."""
-    return url.split("?", 1)[0]
-
-
 def _transport_error(exc: httpx.TransportError, phase: Phase, idempotency: Idempotency, url: str) -> FalError:
-    where = _safe(url)
+    where = without_query(url)
     if idempotency == "submit" and not surely_not_sent(exc):
         return SubmissionStateUnknownError(
             f"The submit to {where} failed after it may have reached fal ({type(exc).__name__}). It was "

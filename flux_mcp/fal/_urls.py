@@ -99,7 +99,7 @@ class FalHosts:
 
     def stream_url(self, status_url: str) -> str:
         """The SSE status stream that belongs to a status URL."""
-        return f"{status_url.split('?', 1)[0].rstrip('/')}/stream"
+        return f"{without_query(status_url).rstrip('/')}/stream"
 
     def storage_token_url(self) -> str:
         return f"{self.rest}/storage/auth/token?storage_type=fal-cdn-v3"
@@ -130,6 +130,11 @@ class FalHosts:
             return _origin(url) in self._key_origins
         host = parts.hostname or ""
         return parts.scheme == "https" and (host in _FAL_KEY_HOSTS or host.endswith(_FAL_HOST_SUFFIXES))
+
+
+def without_query(url: str) -> str:
+    """``url`` fit for a log line or an error message: a signed URL carries its credential in the query."""
+    return url.split("?", 1)[0]
 
 
 def _origin(url: str) -> str:

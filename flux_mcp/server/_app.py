@@ -22,7 +22,7 @@ from pydantic import AnyUrl
 
 from flux_mcp._version import __version__
 from flux_mcp.server._images import sniff_content_type
-from flux_mcp.server._jobs import JobService, image_uri, job_uri
+from flux_mcp.server._jobs import JobService, image_name, image_uri, job_uri
 from flux_mcp.server._journal import JobRecord, Journal
 from flux_mcp.settings import Settings
 
@@ -71,7 +71,7 @@ class FluxServer(MCPServer[AppState]):
                     continue
                 index = int(image.get("index", 0))
                 path = image.get("path")
-                name = str(path).replace("\\", "/").rsplit("/", 1)[-1] if path else f"{record.job_id}-{index}"
+                name = image_name(record.job_id, index, str(path) if path else None)
                 resources.append(
                     Resource(
                         uri=image_uri(record.job_id, index),
@@ -140,6 +140,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         title="FLUX images (fal.ai)",
         version=__version__,
         instructions=INSTRUCTIONS,
+        log_level=settings.log_level,
         website_url="https://fal.ai/models/fal-ai/flux-pro/v1.1-ultra",
         lifespan=lifespan,
     )

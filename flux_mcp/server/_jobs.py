@@ -76,6 +76,11 @@ def image_uri(job_id: str, index: int) -> str:
     return f"flux://images/{job_id}/{index}"
 
 
+def image_name(job_id: str, index: int, path: str | None) -> str:
+    """What a client shows for an image resource: the saved file's name, else the job and index."""
+    return Path(path).name if path else f"{job_id}-{index}"
+
+
 @dataclass(frozen=True, slots=True)
 class JobView:
     """A job as the tools show it: the structured result, and previews once it completed."""

@@ -34,7 +34,7 @@ from flux_mcp.fal import FalError, QueueStatus
 from flux_mcp.registry import DEFAULT_MODEL, MODELS
 from flux_mcp.server._app import AppState, FluxServer
 from flux_mcp.server._flat import flat_arguments
-from flux_mcp.server._jobs import JobError, job_uri
+from flux_mcp.server._jobs import JobError, image_name, job_uri
 from flux_mcp.server._journal import JobRecord
 from flux_mcp.server._schemas import (
     CancelParams,
@@ -178,7 +178,7 @@ async def _job_result(
             content.append(
                 ResourceLink(
                     uri=image.resource_uri,
-                    name=Path(image.path).name if image.path else f"{result.job_id}-{image.index}",
+                    name=image_name(result.job_id, image.index, image.path),
                     mime_type=image.content_type,
                     description=f"Full-resolution image {image.index + 1} of job {result.job_id}",
                 )
