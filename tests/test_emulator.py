@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import anyio
@@ -22,6 +22,7 @@ from PIL import Image
 
 from flux_mcp.emulator import Emulator, EmulatorConfig
 from flux_mcp.models import ULTRA_PIXELS
+from tests.serving import serve_handler
 
 pytestmark = pytest.mark.anyio
 
@@ -654,9 +655,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
+        self.handler = Handler
+        self.url = ""
 
     async def next(self) -> tuple[dict[str, str], bytes]:
         return await anyio.to_thread.run_sync(lambda: self.deliveries.get(timeout=5))
@@ -665,10 +665,9 @@ class Receiver:
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     hook = Receiver()
-    hook.thread.start()
-    yield hook
-    hook.server.shutdown()
-    hook.server.server_close()
+    with serve_handler(hook.handler) as origin:
+        hook.url = f"{origin}/hook"
+        yield hook
 
 
 async def test_webhook_is_delivered_signed_and_retried(emulator: Emulator, receiver: Receiver) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from flux_mcp.emulator import Emulator
+from tests.serving import serve_handler
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RUN_TIMEOUT = 120.0  # seconds for one example run; a normal one takes two or three
@@ -177,15 +178,8 @@ def capturing_endpoint() -> Iterator[tuple[str, queue.Queue[Delivery]]]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", captured
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_handler(Handler) as origin:
+        yield f"{origin}/hook", captured
 
 
 def genuine_delivery(emulator: Emulator) -> Delivery:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import io
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +35,8 @@ from flux_mcp.fal import (
 )
 from flux_mcp.models import ULTRA_PIXELS
 from flux_mcp.registry import MODELS
+from tests.samples import image_bytes
+from tests.serving import serve_handler
 
 pytestmark = pytest.mark.anyio
 
@@ -79,16 +80,8 @@ class Capture(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def foreign() -> Iterator[tuple[str, list[dict[str, str]]]]:
     seen: list[dict[str, str]] = []
-    handler = type("Handler", (Capture,), {"seen": seen})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_handler(type("Handler", (Capture,), {"seen": seen})) as origin:
+        yield origin, seen
 
 
 @pytest.fixture
@@ -107,7 +100,7 @@ def unused_tcp_port_url() -> str:
 async def test_every_model_generates_real_images(
     emulator: Emulator, fal: FalClient, endpoint_id: str
 ) -> None:
-    source = await fal.upload_bytes(_png(64, 48), content_type="image/png", file_name="in.png")
+    source = await fal.upload_bytes(image_bytes(size=(64, 48)), content_type="image/png", file_name="in.png")
     handle = await fal.submit(endpoint_id, minimal_input(endpoint_id, source))
     output = await fal.wait(handle)
     assert len(output.images) == 1 and output.seed == 7
@@ -440,7 +433,7 @@ async def test_cancel_after_completion_says_already_finished(
 
 async def test_single_upload_round_trips(tmp_path: Path, emulator: Emulator, fal: FalClient) -> None:
     path = tmp_path / "photo.png"
-    path.write_bytes(_png(300, 200))
+    path.write_bytes(image_bytes(size=(300, 200)))
     url = await fal.upload_file(path)
     assert url.startswith(emulator.url)
     assert await fal.download(url) == path.read_bytes()
@@ -465,13 +458,7 @@ async def test_upload_falls_back_to_initiate_and_put(
 ) -> None:
     emulator.inject("upload", "500", count=1)
     path = tmp_path / "p.png"
-    path.write_bytes(_png(10, 10))
+    path.write_bytes(image_bytes(size=(10, 10)))
     url = await fal.upload_file(path)
     assert await fal.download(url) == path.read_bytes()
     assert emulator.counters["initiate"] == 1 and emulator.counters["signed_put"] == 1
-
-
-def _png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -11,6 +11,7 @@ from mcp import Client
 from flux_mcp.emulator import Emulator
 from flux_mcp.server import build_server
 from flux_mcp.settings import Settings
+from tests.samples import image_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +87,7 @@ async def test_the_key_appears_in_no_result_resource_log_journal_or_file(
     emulator.config.job_seconds = 0.05
     settings = settings.model_copy(update={"fal_key": type(settings.fal_key)(SECRET)})
     picture = settings.allowed_dirs[0] / "in.png"
-    picture.write_bytes(_png())
+    picture.write_bytes(image_bytes())
     seen: list[str] = []
     caplog.set_level(logging.DEBUG)
     async with Client(build_server(settings)) as client:
@@ -130,13 +131,3 @@ async def test_the_key_appears_in_no_result_resource_log_journal_or_file(
     for path in files:
         data = path.read_bytes()
         assert not any(part.encode() in data for part in secret_parts), path
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 40), (9, 9, 9)).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -18,6 +18,7 @@ from PIL import Image
 from flux_mcp.emulator import Emulator
 from flux_mcp.server import build_server
 from flux_mcp.settings import Settings
+from tests.samples import image_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -223,14 +224,17 @@ async def test_jobs_survive_a_restart(settings: Settings, emulator: Emulator) ->
 
 async def test_upload_file_from_allowed_dir_and_data(settings: Settings, emulator: Emulator) -> None:
     picture = settings.allowed_dirs[0] / "cat.png"
-    picture.write_bytes(_png())
+    picture.write_bytes(image_bytes())
     async with Client(build_server(settings)) as client:
         uploaded = await client.call_tool("upload_file", {"path": str(picture)})
         assert not uploaded.is_error, text_of(uploaded)
         assert uploaded.structured_content["content_type"] == "image/png"
         inline = await client.call_tool(
             "upload_file",
-            {"data": "data:image/png;base64," + base64.b64encode(_png()).decode(), "file_name": "a.png"},
+            {
+                "data": "data:image/png;base64," + base64.b64encode(image_bytes()).decode(),
+                "file_name": "a.png",
+            },
         )
         assert not inline.is_error, text_of(inline)
         outside = await client.call_tool("upload_file", {"path": "/etc/hostname"})
@@ -242,7 +246,7 @@ async def test_upload_file_from_allowed_dir_and_data(settings: Settings, emulato
 async def test_a_local_image_path_is_uploaded_for_kontext(settings: Settings, emulator: Emulator) -> None:
     emulator.config.job_seconds = 0.05
     picture = settings.allowed_dirs[0] / "room.png"
-    picture.write_bytes(_png())
+    picture.write_bytes(image_bytes())
     async with Client(build_server(settings)) as client:
         result = await client.call_tool(
             "generate_image",
@@ -281,16 +285,10 @@ async def test_list_models(settings: Settings) -> None:
     assert "aspect_ratio" in models["fal-ai/flux-pro/v1.1-ultra"]["parameters"]
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (10, 120, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 async def test_a_root_the_client_shares_is_an_allowed_directory(settings: Settings, tmp_path: Path) -> None:
     shared = tmp_path / "shared-by-client"
     shared.mkdir()
-    (shared / "photo.png").write_bytes(_png())
+    (shared / "photo.png").write_bytes(image_bytes())
 
     async def roots(context: object) -> ListRootsResult:
         return ListRootsResult(roots=[Root(uri=shared.as_uri(), name="project")])

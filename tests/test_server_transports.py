@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -18,11 +17,11 @@ from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from PIL import Image
 from pydantic import SecretStr
 
 from flux_mcp.server import UnsafeBindError, build_server, http_app
 from flux_mcp.settings import Settings
+from tests.samples import image_bytes
 from tests.serving import serve
 
 pytestmark = pytest.mark.anyio
@@ -78,9 +77,7 @@ async def exercise_every_tool(client: Client, picture: Path) -> set[str]:
 @pytest.fixture
 def picture(settings: Settings) -> Path:
     path = settings.allowed_dirs[0] / "input.png"
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, format="PNG")
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(image_bytes(size=(32, 32)))
     return path
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-import io
 import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from flux_mcp.server._uploads import (
     UploadRefused,
@@ -17,15 +15,10 @@ from flux_mcp.server._uploads import (
     resolve_local_image,
     roots_to_dirs,
 )
+from tests.samples import image_bytes
 
 LIMIT = 5_000_000
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX file system features")
-
-
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (8, 6)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 PNG = image_bytes()
