@@ -68,7 +68,7 @@ def size_for_aspect_ratio(aspect_ratio: str, megapixels: float = 1.0) -> tuple[i
     Rounded down, never up: per-megapixel prices round each image up to whole megapixels, so 1,568 x 672
     (just over one) would cost twice what 1,552 x 656 does.
     """
-    w_ratio, h_ratio = (int(part) for part in aspect_ratio.split(":"))
+    w_ratio, h_ratio = _parse_ratio(aspect_ratio)
     pixels = megapixels * 1024 * 1024
     height = math.sqrt(pixels * h_ratio / w_ratio)
     width = height * w_ratio / h_ratio
@@ -81,8 +81,9 @@ def image_size_for_aspect_ratio(aspect_ratio: str) -> ImageSizePreset | ImageSiz
     A fal preset where one matches (so requests look like the ones fal's playground sends), otherwise an
     explicit size of about one megapixel.
     """
+    wanted = _ratio(*_parse_ratio(aspect_ratio))
     for preset, (width, height) in PRESET_PIXELS.items():
-        if preset != "square" and _ratio(width, height) == _ratio(*_parse_ratio(aspect_ratio)):
+        if preset != "square" and _ratio(width, height) == wanted:
             return preset  # type: ignore[return-value]
     width, height = size_for_aspect_ratio(aspect_ratio)
     return ImageSize(width=width, height=height)

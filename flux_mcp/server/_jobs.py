@@ -46,10 +46,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flux_mcp.server")
 
 StatusCallback = Callable[[QueueStatus], Awaitable[None]]
+#: The folders local input images may come from; asked for only when an input is a local path (asking
+#: may mean a round trip to the MCP client for its roots).
+AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
 #: How long a background follower keeps watching a job the client stopped waiting for.
 _FOLLOW_SECONDS = 6 * 3600
 #: Data URIs larger than this are uploaded rather than sent inline in the request body.
 _INLINE_DATA_URI_BYTES = 256 * 1024
+
+
+async def _no_dirs() -> Sequence[Path]:
+    return ()
 
 
 class JobError(Exception):
@@ -152,7 +159,7 @@ class JobService:
         return model, fields
 
     async def prepare(
-        self, params: GenerationParams, allowed_dirs: Sequence[Path]
+        self, params: GenerationParams, allowed_dirs: AllowedDirs
     ) -> tuple[ModelInfo, FalInput]:
         """Validate everything and upload a local ``image_url``: after this, submitting cannot be refused."""
         model, fields = self.build_input(params)
@@ -172,7 +179,7 @@ class JobService:
         except ValidationError as exc:
             raise JobError(f"{exc.message}. Fix the value and call again.") from None
 
-    async def resolve_image_url(self, value: str, allowed_dirs: Sequence[Path]) -> str:
+    async def resolve_image_url(self, value: str, allowed_dirs: AllowedDirs) -> str:
         """An URL fal can fetch: http(s) as is, a large data URI or a local file uploaded to fal first."""
         scheme = urlsplit(value).scheme.lower()
         if scheme in ("http", "https"):
@@ -189,7 +196,9 @@ class JobService:
             )
         try:
             local = await anyio.to_thread.run_sync(
-                functools.partial(resolve_local_image, value, allowed_dirs, self.settings.upload_max_bytes)
+                functools.partial(
+                    resolve_local_image, value, await allowed_dirs(), self.settings.upload_max_bytes
+                )
             )
         except UploadRefused as exc:
             raise JobError(f"image_url: {exc}") from None
@@ -203,7 +212,7 @@ class JobService:
         self,
         params: GenerationParams,
         *,
-        allowed_dirs: Sequence[Path] = (),
+        allowed_dirs: AllowedDirs = _no_dirs,
         webhook_url: str | None = None,
     ) -> JobRecord:
         """Submit to fal and journal the job before returning: from here on the job is never lost."""

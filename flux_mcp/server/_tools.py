@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -106,13 +105,6 @@ async def _allowed_dirs(ctx: Context[AppState], state: AppState) -> list[Path]:
     except Exception as exc:  # no back channel (modern era), or the client failed: use the env list
         logger.debug("could not list the client's roots: %s", exc)
     return dirs
-
-
-async def _input_dirs(ctx: Context[AppState], state: AppState, params: GenerationParams) -> list[Path]:
-    """The allowed directories, asked of the client only when ``image_url`` is a local path."""
-    if params.image_url is None or urlsplit(params.image_url).scheme.lower() in ("http", "https", "data"):
-        return []
-    return await _allowed_dirs(ctx, state)
 
 
 class _Progress:
@@ -217,7 +209,9 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         progress = _Progress(ctx)
         with _tool_errors():
-            record = await state.jobs.submit(params, allowed_dirs=await _input_dirs(ctx, state, params))
+            record = await state.jobs.submit(
+                params, allowed_dirs=functools.partial(_allowed_dirs, ctx, state)
+            )
         await progress.say(f"Submitted job {record.job_id} to {record.endpoint_id}")
         wait = state.settings.wait_seconds
         try:
@@ -258,7 +252,9 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         with _tool_errors():
             record = await state.jobs.submit(
-                params, allowed_dirs=await _input_dirs(ctx, state, params), webhook_url=params.webhook_url
+                params,
+                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                webhook_url=params.webhook_url,
             )
         state.jobs.follow_in_background(record)
         return await _job_result(state, record)
