@@ -321,6 +321,8 @@ class JobService:
             await self.follow(record, seconds=_FOLLOW_SECONDS)
         except FalError as exc:
             logger.info("stopped following %s: %s", record.job_id, exc)
+        except Exception:  # it runs in the server's task group: a failure here must not stop the server
+            logger.exception("stopped following %s", record.job_id)
         finally:
             self._following.discard(record.job_id)
 
