@@ -1,11 +1,11 @@
-"""Requests to fal per job, and how late the result arrives: flux-mcp's client beside fal's official one.
+"""Requests to fal per job, and how late the result arrives: fal-flux-mcp's client beside fal's official one.
 
 For single-image jobs of 0.5 s, 2 s and 10 s on the local emulator, both clients run the same jobs one
 at a time. For each job it records the HTTP requests the emulator received (submit, status, stream,
 result...) and the lag from the moment the job completed on the emulator to the moment the client
 held the result. Both clocks are this process's ``time.monotonic``: the emulator runs in a thread here.
 
-Run: ``python benchmarks/requests_and_lag.py`` (about 90 seconds). Targets for flux-mcp: at most 3
+Run: ``python benchmarks/requests_and_lag.py`` (about 90 seconds). Targets for fal-flux-mcp: at most 3
 requests per job whatever its length, median lag under 20 ms.
 """
 
@@ -21,8 +21,8 @@ import anyio
 import fal_client
 import fal_client.client
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
-from flux_mcp.fal import FalClient
+from fal_flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.fal import FalClient
 
 ENDPOINT = "fal-ai/flux/schnell"
 RunJob = Callable[[Emulator, str], Awaitable[str]]
@@ -43,7 +43,7 @@ async def official(emulator: Emulator, prompt: str) -> str:
 
 
 def point_official_client_at(url: str) -> None:
-    """fal-client hard-codes https hosts; its module globals are read at call time (fal-protocol.md 1.4)."""
+    """fal-client hard-codes https hosts; its module globals are read at call time (fal_client.client)."""
     fal_client.client.QUEUE_URL_FORMAT = f"{url}/"
     fal_client.client.RUN_URL_FORMAT = f"{url}/run/"
     fal_client.client.REST_URL = url
@@ -75,7 +75,7 @@ async def main(jobs_per_length: dict[float, int]) -> None:
         print(f"{'job':>6} | {'client':<18} | {'requests/job':>12} | {'lag p50':>9} | {'lag max':>9}")
         print("-" * 66)
         for seconds, jobs in jobs_per_length.items():
-            for name, run in (("flux-mcp", ours), (f"fal-client {fal_client.__version__}", official)):
+            for name, run in (("fal-flux-mcp", ours), (f"fal-client {fal_client.__version__}", official)):
                 requests, lags = await measure(emulator, run, seconds, jobs)
                 shown = (
                     f"{min(requests)}"

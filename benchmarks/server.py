@@ -1,7 +1,7 @@
 """How fast the MCP server is, measured through real MCP clients against the local fal emulator.
 
 Prints:
-- cold start to the first ``tools/list`` over stdio, for flux-mcp and for a bare ``MCPServer`` with
+- cold start to the first ``tools/list`` over stdio, for fal-flux-mcp and for a bare ``MCPServer`` with
   one tool (the floor: what the SDK and Python cost by themselves), medians of several launches;
 - the median round trip of ``check_status`` on a finished job over stdio;
 - wall time and the server's peak memory for 50 concurrent ``generate_image`` calls of 2 s jobs;
@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 from mcp import Client, StdioServerParameters
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 
 FLOOR_SERVER = textwrap.dedent(
     """
@@ -110,7 +110,7 @@ async def main(launches: int, concurrency: int) -> None:
         env = server_env(emulator, root)
         floor_script = root / "floor.py"
         floor_script.write_text(FLOOR_SERVER)
-        ours = StdioServerParameters(command=sys.executable, args=["-m", "flux_mcp", "serve"], env=env)
+        ours = StdioServerParameters(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
         floor = StdioServerParameters(command=sys.executable, args=[str(floor_script)], env={})
 
         await cold_start(ours)  # warm the OS file cache for both, as a user's second launch would be
@@ -122,7 +122,7 @@ async def main(launches: int, concurrency: int) -> None:
         ours_ms = statistics.median(ours_times) * 1000
         floor_ms = statistics.median(floor_times) * 1000
         print(f"cold start to first tools/list over stdio (median of {launches}):")
-        print(f"  flux-mcp        {ours_ms:7.1f} ms")
+        print(f"  fal-flux-mcp        {ours_ms:7.1f} ms")
         print(f"  bare MCPServer  {floor_ms:7.1f} ms   (floor)")
         print(f"  overhead        {100 * (ours_ms / floor_ms - 1):+6.1f} %  (target: within +15 %)")
 
@@ -145,8 +145,8 @@ async def main(launches: int, concurrency: int) -> None:
         for model in ("fal-ai/flux/schnell", "fal-ai/flux-pro/v1.1-ultra"):
             # Round 1 renders the images in the emulator (this process, these 2 cores); round 2 asks for
             # the same prompts and seeds, which the emulator serves from its cache, as fal's GPUs would
-            # serve them from elsewhere: round 2 is the cost of flux-mcp itself.
-            for label in ("emulator rendering too", "flux-mcp alone"):
+            # serve them from elsewhere: round 2 is the cost of fal-flux-mcp itself.
+            for label in ("emulator rendering too", "fal-flux-mcp alone"):
                 wall, slowest, peak = await concurrent_generations(ours, emulator, model, concurrency)
                 print(
                     f"{concurrency} concurrent generate_image, 2 s jobs, {model} ({label}): all done in "

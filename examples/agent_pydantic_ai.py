@@ -1,8 +1,8 @@
-"""A pydantic-ai agent that uses flux-mcp as an MCP toolset, offline, with a scripted stand-in for the LLM.
+"""A pydantic-ai agent that uses fal-flux-mcp as an MCP toolset, offline, with a scripted stand-in for the LLM.
 
 What it shows:
 
-* ``MCPToolset`` launching ``python -m flux_mcp serve`` over stdio (with an explicit environment) and
+* ``MCPToolset`` launching ``python -m fal_flux_mcp serve`` over stdio (with an explicit environment) and
   offering its tools (``generate_image``, ``submit_job``, ``check_status``...) to an ``Agent``;
 * a complete agent run in which the model calls ``generate_image`` through the MCP server, the server
   makes the image (here on a local fal emulator this script starts), and the model answers from the
@@ -20,14 +20,14 @@ To use a real model, change one line in ``main`` (and install its extra and set 
 and for real images instead of emulated ones, give the server your ``FAL_KEY`` and drop
 ``FLUX_MCP_FAL_URL`` (see ``examples/stdio_client.py --real``).
 
-Run it (from the repository root, in the project's virtualenv; pydantic-ai is not a flux-mcp
+Run it (from the repository root, in the project's virtualenv; pydantic-ai is not a fal-flux-mcp
 dependency, install it yourself)::
 
     pip install "pydantic-ai-slim[mcp]"      # tested with 2.68.0 (it brings fastmcp-slim 4.x, for mcp 2.x)
     python examples/agent_pydantic_ai.py
     python examples/agent_pydantic_ai.py --prompt "a watercolour of a heron at dawn"
 
-Images are saved in ``./flux-mcp-output`` (``--output-dir``).
+Images are saved in ``./fal-flux-mcp-output`` (``--output-dir``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 
 
 def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -66,7 +66,7 @@ def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     tool_names = {tool.name for tool in info.function_tools}
     if "generate_image" not in tool_names:
         return ModelResponse(
-            parts=[TextPart(f"flux-mcp offered no generate_image tool, only {sorted(tool_names)}")]
+            parts=[TextPart(f"fal-flux-mcp offered no generate_image tool, only {sorted(tool_names)}")]
         )
     returns = [
         part
@@ -98,7 +98,7 @@ async def run(prompt: str, env: dict[str, str]) -> None:
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         print(f"  [{time.monotonic() - started:5.2f}s] progress: {message or progress}")
 
-    server = StdioTransport(command=sys.executable, args=["-m", "flux_mcp", "serve"], env=env)
+    server = StdioTransport(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
     toolset = MCPToolset(server, progress_handler=on_progress)
     # The one line to change for a real LLM: Agent("anthropic:claude-sonnet-4-5", toolsets=[toolset])
     agent = Agent(FunctionModel(scripted_llm), toolsets=[toolset])
@@ -131,14 +131,14 @@ def describe(content: object) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description="A pydantic-ai agent making an image through flux-mcp, offline."
+        description="A pydantic-ai agent making an image through fal-flux-mcp, offline."
     )
     parser.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
-    parser.add_argument("--output-dir", type=Path, default=Path("flux-mcp-output"))
+    parser.add_argument("--output-dir", type=Path, default=Path("fal-flux-mcp-output"))
     args = parser.parse_args()
     with (
         Emulator(EmulatorConfig(job_seconds=1.0)) as emulator,
-        tempfile.TemporaryDirectory(prefix="flux-mcp-agent-") as state_dir,
+        tempfile.TemporaryDirectory(prefix="fal-flux-mcp-agent-") as state_dir,
     ):
         print(f"fal emulator at {emulator.url} (offline, no account)")
         env = {

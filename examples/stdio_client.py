@@ -1,8 +1,8 @@
-"""A plain MCP client for flux-mcp over stdio: submit a job, follow it, fetch the image as a resource.
+"""A plain MCP client for fal-flux-mcp over stdio: submit a job, follow it, fetch the image as a resource.
 
 What it shows, with nothing but the MCP Python SDK (``mcp.Client``):
 
-* launching ``python -m flux_mcp serve`` as a stdio subprocess with an explicit environment (the SDK
+* launching ``python -m fal_flux_mcp serve`` as a stdio subprocess with an explicit environment (the SDK
   passes the child only HOME, PATH and a few others, plus what you give it);
 * ``list_tools``, then ``submit_job`` (returns at once with a ``job_id``), then ``check_status`` with
   ``wait_seconds`` in a loop, printing the server's progress notifications as they arrive;
@@ -16,10 +16,10 @@ Run it (from the repository root, in the project's virtualenv)::
     python examples/stdio_client.py                       # offline: starts a local fal emulator itself
     python examples/stdio_client.py --prompt "a red fox in snow" --aspect-ratio 16:9
     python examples/stdio_client.py --fal-url http://127.0.0.1:8765   # an emulator you started with
-                                                                      # `flux-mcp emulator --port 8765`
+                                                                      # `fal-flux-mcp emulator --port 8765`
     FAL_KEY=<key_id>:<key_secret> python examples/stdio_client.py --real    # real fal.ai: costs money
 
-Images land in ``./flux-mcp-output`` (``--output-dir``): the file the server saved, and the copy this
+Images land in ``./fal-flux-mcp-output`` (``--output-dir``): the file the server saved, and the copy this
 client read through the resource (``--out``). With ``--webhook-url``, fal (or the emulator) also POSTs
 the result there when the job finishes: see ``examples/webhook_receiver.py``.
 
@@ -142,7 +142,7 @@ async def run(
     timeout: float,
 ) -> Path:
     """Start the server, drive it through one job and write the image; returns the file written."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "flux_mcp", "serve"], env=env)
+    params = StdioServerParameters(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
     async with Client(params) as client:
         tools = await client.list_tools()
         print(f"connected to {client.server_info.name}: tools {', '.join(t.name for t in tools.tools)}")
@@ -176,15 +176,15 @@ def fal_backend(args: argparse.Namespace) -> Iterator[dict[str, str]]:
         print("using real fal.ai (this costs money)")
         yield {"FAL_KEY": key}  # state (the job journal) in the server's default directory
         return
-    with tempfile.TemporaryDirectory(prefix="flux-mcp-example-") as state_dir:
+    with tempfile.TemporaryDirectory(prefix="fal-flux-mcp-example-") as state_dir:
         # Emulated job ids mean nothing once the emulator is gone: keep the journal in a temporary dir.
         if args.fal_url:
-            from flux_mcp.emulator import DEFAULT_KEY
+            from fal_flux_mcp.emulator import DEFAULT_KEY
 
             print(f"using the fal emulator at {args.fal_url}")  # with its key, never your real one
             yield {"FAL_KEY": DEFAULT_KEY, "FLUX_MCP_FAL_URL": args.fal_url, "FLUX_MCP_STATE_DIR": state_dir}
             return
-        from flux_mcp.emulator import Emulator, EmulatorConfig
+        from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 
         if os.environ.get("FAL_KEY"):
             print("FAL_KEY is set but --real was not given: using a local emulator")
@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--webhook-url", help="also have fal POST the result here when the job finishes")
     parser.add_argument(
-        "--output-dir", type=Path, default=Path("flux-mcp-output"), help="default: %(default)s"
+        "--output-dir", type=Path, default=Path("fal-flux-mcp-output"), help="default: %(default)s"
     )
     parser.add_argument("--out", type=Path, help="file for the image read through the resource")
     parser.add_argument("--wait-seconds", type=float, default=10.0, help="per check_status call (0-45)")

@@ -16,7 +16,7 @@ What it shows:
 Run it offline against the fal emulator, in three terminals (from the repository root, in the
 project's virtualenv)::
 
-    flux-mcp emulator --port 8765
+    fal-flux-mcp emulator --port 8765
     python examples/webhook_receiver.py --port 8000 --jwks-url http://127.0.0.1:8765/.well-known/jwks.json
     python examples/stdio_client.py --fal-url http://127.0.0.1:8765 --webhook-url http://127.0.0.1:8000/fal/webhook
 

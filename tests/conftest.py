@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
-from flux_mcp.settings import Settings
+from fal_flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.settings import Settings
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def settings(emulator: Emulator, tmp_path: Path) -> Settings:
-    """flux-mcp pointed at the emulator, with every directory under the test's own tmp_path."""
+    """fal-flux-mcp pointed at the emulator, with every directory under the test's own tmp_path."""
     (tmp_path / "allowed").mkdir()
     return Settings(
         fal_key=emulator.key,

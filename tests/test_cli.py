@@ -1,4 +1,4 @@
-"""The ``flux-mcp`` commands a user types: the demo and the standalone emulator."""
+"""The ``fal-flux-mcp`` commands a user types: the demo and the standalone emulator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flux_mcp.emulator import DEFAULT_KEY
-from flux_mcp.fal import FalClient
+from fal_flux_mcp.emulator import DEFAULT_KEY
+from fal_flux_mcp.fal import FalClient
 
 
 def test_demo_makes_an_image_offline_and_says_where_it_is(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_demo_makes_an_image_offline_and_says_where_it_is(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "flux_mcp",
+            "fal_flux_mcp",
             "demo",
             "--output-dir",
             str(tmp_path),
@@ -45,7 +45,7 @@ async def test_the_emulator_command_serves_fal_on_the_given_port() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "flux_mcp", "emulator", "--port", str(port), "--job-seconds", "0.05"],
+        [sys.executable, "-m", "fal_flux_mcp", "emulator", "--port", str(port), "--job-seconds", "0.05"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_mcp.emulator import Emulator, EmulatorConfig
-from flux_mcp.models import ULTRA_PIXELS
+from fal_flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.models import ULTRA_PIXELS
 from tests.serving import serve_handler
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_mcp.emulator import Emulator
-from flux_mcp.models import ULTRA_PIXELS
+from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.models import ULTRA_PIXELS
 
 pytestmark = pytest.mark.anyio
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_mcp.emulator import Emulator
+from fal_flux_mcp.emulator import Emulator
 from tests.serving import serve_handler
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -96,7 +96,7 @@ def test_stdio_client_reports_a_failed_job_and_exits_1(emulator: Emulator, tmp_p
     assert "status: failed" in result.stdout
     assert re.search(r"error: job \S+ failed: .*content checker", result.stderr), result.stderr
     assert "Traceback" not in result.stderr
-    assert not list(tmp_path.glob("flux-mcp-output/*-via-resource.*"))
+    assert not list(tmp_path.glob("fal-flux-mcp-output/*-via-resource.*"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_mcp.emulator import Emulator
-from flux_mcp.fal import (
+from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.fal import (
     AccountLockedError,
     AuthenticationError,
     ContentPolicyError,
@@ -33,8 +33,8 @@ from flux_mcp.fal import (
     UpstreamUnavailableError,
     ValidationError,
 )
-from flux_mcp.models import ULTRA_PIXELS
-from flux_mcp.registry import MODELS
+from fal_flux_mcp.models import ULTRA_PIXELS
+from fal_flux_mcp.registry import MODELS
 from tests.samples import image_bytes
 from tests.serving import serve_handler
 

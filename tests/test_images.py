@@ -14,7 +14,7 @@ import anyio
 import pytest
 from PIL import Image
 
-from flux_mcp.server._images import (
+from fal_flux_mcp.server._images import (
     RESULT_LIMIT_BYTES,
     Preview,
     image_dimensions,

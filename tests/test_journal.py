@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flux_mcp.server._journal import SCHEMA_VERSION, JobRecord, Journal, JournalError
+from fal_flux_mcp.server._journal import SCHEMA_VERSION, JobRecord, Journal, JournalError
 
 T0 = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -229,7 +229,7 @@ def test_a_journal_from_a_newer_version_is_refused_not_damaged(tmp_path: Path) -
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(JournalError, match="newer flux-mcp"):
+    with pytest.raises(JournalError, match="newer fal-flux-mcp"):
         Journal(path)
     db = sqlite3.connect(path)
     assert db.execute("SELECT job_id FROM jobs").fetchall() == [("req-1",)]

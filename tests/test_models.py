@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from flux_mcp.models import (
+from fal_flux_mcp.models import (
     ASPECT_RATIOS,
     ImageSize,
     image_size_for_aspect_ratio,
     output_size,
     size_for_aspect_ratio,
 )
-from flux_mcp.registry import MODELS, get_model
+from fal_flux_mcp.registry import MODELS, get_model
 
 
 @pytest.mark.parametrize("aspect_ratio", ASPECT_RATIOS)

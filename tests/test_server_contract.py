@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from flux_mcp.emulator import Emulator
-from flux_mcp.server import build_server
-from flux_mcp.settings import Settings
+from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.server import build_server
+from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
 
 pytestmark = pytest.mark.anyio

@@ -15,9 +15,9 @@ from mcp.shared.subscriptions import ResourcesListChanged
 from mcp.types import CallToolResult, ListRootsResult, Root
 from PIL import Image
 
-from flux_mcp.emulator import Emulator
-from flux_mcp.server import build_server
-from flux_mcp.settings import Settings
+from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.server import build_server
+from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
 
 pytestmark = pytest.mark.anyio

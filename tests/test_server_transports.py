@@ -19,8 +19,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
-from flux_mcp.server import UnsafeBindError, build_server, http_app
-from flux_mcp.settings import Settings
+from fal_flux_mcp.server import UnsafeBindError, build_server, http_app
+from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
 from tests.serving import serve
 
@@ -83,7 +83,7 @@ def picture(settings: Settings) -> Path:
 
 async def test_stdio_subprocess_serves_every_tool(settings: Settings, picture: Path, tmp_path: Path) -> None:
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "flux_mcp", "serve"], env=server_env(settings)
+        command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=server_env(settings)
     )
     with (tmp_path / "stderr.log").open("w+") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as client:
@@ -143,7 +143,16 @@ def test_binding_a_network_address_without_a_token_is_refused(settings: Settings
 
 def test_cli_refuses_an_open_network_bind(settings: Settings) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "flux_mcp", "serve", "--transport", "streamable-http", "--host", "0.0.0.0"],
+        [
+            sys.executable,
+            "-m",
+            "fal_flux_mcp",
+            "serve",
+            "--transport",
+            "streamable-http",
+            "--host",
+            "0.0.0.0",
+        ],
         env={**server_env(settings), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -154,7 +163,7 @@ def test_cli_refuses_an_open_network_bind(settings: Settings) -> None:
 
 
 async def test_the_printed_client_config_launches_the_server(settings: Settings) -> None:
-    printed = await anyio.run_process([sys.executable, "-m", "flux_mcp", "config"], check=True)
+    printed = await anyio.run_process([sys.executable, "-m", "fal_flux_mcp", "config"], check=True)
     entry = json.loads(printed.stdout)["mcpServers"]["flux"]
     assert Path(entry["command"]).is_absolute() and "FAL_KEY" in entry["env"]
     env = {**entry["env"], **server_env(settings)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flux_mcp.server._uploads import (
+from fal_flux_mcp.server._uploads import (
     UploadRefused,
     _file_uri_to_path,
     decode_image_data,

@@ -1,0 +1,19 @@
+"""A local fal: fal's queue, run and storage protocol on loopback, so fal-flux-mcp runs with no account.
+
+It behaves like fal, quirks included (invalid input accepted at submit and rejected on the result
+call, failures reported as COMPLETED, 400 on an early result call...), renders real images of the
+sizes fal returns, and has knobs and fault injection for tests::
+
+    from fal_flux_mcp.emulator import Emulator, EmulatorConfig
+
+    with Emulator(EmulatorConfig(job_seconds=0.2)) as emu:
+        ...  # FLUX_MCP_FAL_URL=emu.url, FAL_KEY=emu.key
+
+``serve()`` runs it in the foreground (``fal-flux-mcp emulator``, ``python -m fal_flux_mcp.emulator``).
+"""
+
+from fal_flux_mcp.emulator._app import JobInfo
+from fal_flux_mcp.emulator._config import DEFAULT_KEY, EmulatorConfig
+from fal_flux_mcp.emulator._server import Emulator, serve
+
+__all__ = ["DEFAULT_KEY", "Emulator", "EmulatorConfig", "JobInfo", "serve"]

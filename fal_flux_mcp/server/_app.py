@@ -1,0 +1,149 @@
+"""Building the MCP server: its shared state, its lifespan, and what it lists as resources.
+
+The state (settings, one fal client, the journal, the job service) lives in the lifespan object, as in
+the SDK's examples. Jobs left unfinished by an earlier run are picked up again at start, so a restart
+loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
+from mcp.types import Resource
+from pydantic import AnyUrl
+
+from fal_flux_mcp._version import __version__
+from fal_flux_mcp.server._images import sniff_content_type
+from fal_flux_mcp.server._jobs import JobService, image_name, image_uri, job_uri
+from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.settings import Settings
+
+logger = logging.getLogger("fal_flux_mcp.server")
+
+INSTRUCTIONS = """\
+fal-flux-mcp makes images with fal.ai's FLUX models.
+- generate_image waits up to about 45 s and returns the images (previews you can see, URLs, saved file
+  paths). If it answers with status 'in_progress' or 'queued', call check_status with its job_id.
+- For long or many jobs, submit_job returns at once; follow with check_status, stop with cancel_job.
+- To use a local picture as input (Redux variations, Kontext edits, ultra image prompts), pass its path
+  as image_url, or upload_file it first.
+- list_models gives each model's purpose, parameters, price and typical time.
+Generation costs money on the user's fal account: cost_usd in each result is the estimate."""
+
+#: How many recent images ``resources/list`` shows.
+RECENT_IMAGES = 50
+
+
+@dataclass
+class AppState:
+    """What every tool and resource shares for the life of the server."""
+
+    settings: Settings
+    journal: Journal
+    jobs: JobService
+
+
+class FluxServer(MCPServer[AppState]):
+    """``MCPServer`` that lists recent images as resources and serves each image with its real type."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.bus = InMemorySubscriptionBus()
+        super().__init__(subscriptions=self.bus, **kwargs)
+        self.flux_settings = settings
+        self.state: AppState | None = None
+
+    async def list_resources(self) -> list[Resource]:
+        resources = await super().list_resources()
+        if self.state is None:
+            return resources
+        for record in self.state.journal.recent(RECENT_IMAGES):
+            images = (record.result or {}).get("images") or []
+            for image in images:
+                if not isinstance(image, dict):
+                    continue
+                index = int(image.get("index", 0))
+                path = image.get("path")
+                name = image_name(record.job_id, index, str(path) if path else None)
+                resources.append(
+                    Resource(
+                        uri=image_uri(record.job_id, index),
+                        name=name,
+                        title=f"{record.prompt[:60] or 'image'} ({index + 1}/{len(images)})",
+                        description=f"{record.endpoint_id}, seed {(record.result or {}).get('seed')}: {record.prompt[:200]}",
+                        mime_type=str(image.get("content_type") or "image/jpeg"),
+                    )
+                )
+            if len(resources) >= RECENT_IMAGES:
+                break
+        return resources
+
+    async def read_resource(self, uri: AnyUrl | str, context: Context[AppState, Any] | None = None) -> Any:
+        contents = await super().read_resource(uri, context)
+        if not str(uri).startswith("flux://images/") or not isinstance(contents, Iterable):
+            return contents
+        return [
+            ReadResourceContents(
+                content=item.content,
+                mime_type=(sniff_content_type(item.content) if isinstance(item.content, bytes) else None)
+                or item.mime_type,
+                meta=item.meta,
+            )
+            for item in contents
+        ]
+
+
+def build_server(settings: Settings | None = None) -> FluxServer:
+    """The fal-flux-mcp MCP server, configured by ``settings`` (default: from the environment)."""
+    from fal_flux_mcp.server._resources import register_resources
+    from fal_flux_mcp.server._tools import register_tools
+
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        assert isinstance(server, FluxServer)
+        journal = Journal(settings.state_dir / "jobs.sqlite3")
+        jobs = JobService(settings, journal)
+        async with anyio.create_task_group() as group:
+            jobs.task_group = group
+
+            async def announce(record: JobRecord) -> None:
+                await server.bus.publish(ResourceUpdated(uri=job_uri(record.job_id)))
+                if record.status == "completed":
+                    await server.bus.publish(ResourcesListChanged())
+
+            jobs.on_finished = announce
+            state = AppState(settings=settings, journal=journal, jobs=jobs)
+            server.state = state
+            for record in journal.unfinished():
+                jobs.follow_in_background(record)
+            try:
+                yield state
+            finally:
+                server.state = None
+                group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await jobs.aclose()
+                journal.close()
+
+    server = FluxServer(
+        settings,
+        name="fal-flux-mcp",
+        title="FLUX images (fal.ai)",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level=settings.log_level,
+        website_url="https://fal.ai/models/fal-ai/flux-pro/v1.1-ultra",
+        lifespan=lifespan,
+    )
+    register_tools(server)
+    register_resources(server)
+    return server

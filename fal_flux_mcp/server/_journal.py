@@ -1,0 +1,266 @@
+"""The job journal: every fal job fal-flux-mcp submits, kept on disk so none is ever lost.
+
+A job is written here before the tool that submitted it returns. A client that gave up waiting, a server
+restart or a crash therefore never loses a job the user paid for: ``check_status`` and the resources
+find it again by id, and a finished result is built once and served from here afterwards.
+
+Only what is needed to find and describe a job is stored: fal's URLs, the arguments sent (the user's own
+input) and the outcome. ``JobRecord`` has no field for keys or headers and rejects unknown fields, and the
+table has exactly one column per field, so a secret has nowhere to go.
+
+One SQLite connection is shared behind a lock, so the journal can be used from the event loop and from
+worker threads alike; calls take well under a millisecond with WAL, so async code may call them directly.
+WAL and a busy timeout also let two fal-flux-mcp processes (e.g. two clients on one machine) share the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, get_args
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+
+#: Statuses a job never leaves: fal has nothing more to say about it.
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+#: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
+SCHEMA_VERSION = 1
+
+_STATUSES: tuple[str, ...] = get_args(JobStatus)
+_JSON_FIELDS = frozenset({"arguments", "result"})
+_TIME_FIELDS = frozenset({"created_at", "updated_at", "completed_at"})
+_IMMUTABLE_FIELDS = frozenset({"job_id", "created_at", "updated_at"})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobRecord(BaseModel):
+    """One submitted fal job, as the journal stores it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str = Field(min_length=1, description="fal's request id.")
+    endpoint_id: str = Field(min_length=1)
+    status_url: str
+    response_url: str
+    cancel_url: str
+    arguments: dict[str, JsonValue] = Field(description="The fal input exactly as sent.")
+    prompt: str = ""
+    status: JobStatus = "queued"
+    queue_position: int | None = None
+    cost_usd: float | None = None
+    webhook_url: str | None = None
+    error: str | None = None
+    result: dict[str, JsonValue] | None = Field(
+        default=None, description="The finished tool result as JSON, built once and served again."
+    )
+    created_at: AwareDatetime = Field(default_factory=_now)
+    updated_at: AwareDatetime = Field(default_factory=_now)
+    completed_at: AwareDatetime | None = None
+
+    @field_validator("created_at", "updated_at", "completed_at")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether fal is done with this job (completed, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+
+_COLUMNS: tuple[str, ...] = tuple(JobRecord.model_fields)
+
+_SCHEMA: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS jobs (
+        job_id          TEXT PRIMARY KEY,
+        endpoint_id     TEXT NOT NULL,
+        status_url      TEXT NOT NULL,
+        response_url    TEXT NOT NULL,
+        cancel_url      TEXT NOT NULL,
+        arguments       TEXT NOT NULL,
+        prompt          TEXT NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in _STATUSES)})),
+        queue_position  INTEGER,
+        cost_usd        REAL,
+        webhook_url     TEXT,
+        error           TEXT,
+        result          TEXT,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        completed_at    TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status)",
+)
+
+
+class JournalError(Exception):
+    """The journal file cannot be used (e.g. written by a newer fal-flux-mcp)."""
+
+
+class Journal:
+    """The SQLite file of submitted jobs. Thread-safe; one instance per process is enough."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise JournalError(
+                        f"the job journal {self.path} was written by a newer fal-flux-mcp (schema {version}, "
+                        f"this version knows {SCHEMA_VERSION}); upgrade fal-flux-mcp or set FLUX_MCP_STATE_DIR "
+                        "to another folder"
+                    )
+                if version < 1:
+                    for statement in _SCHEMA:
+                        self._db.execute(statement)
+                # Future migrations: `if version < 2: ...` here, each followed by the new user_version.
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection; the file stays for the next start."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def add(self, record: JobRecord) -> bool:
+        """Store a newly submitted job; False (and nothing changed) if the job id is already stored.
+
+        Idempotent so a retried submission path cannot duplicate or reset a job that is already known.
+        """
+        row = _to_row(record)
+        placeholders = ", ".join("?" for _ in _COLUMNS)
+        with self._lock:
+            cursor = self._db.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+                "ON CONFLICT (job_id) DO NOTHING",
+                [row[column] for column in _COLUMNS],
+            )
+            return cursor.rowcount == 1
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job with fal request id ``job_id``, or None if this journal never saw it."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _from_row(row)
+
+    def update(self, job_id: str, /, **fields: Any) -> JobRecord:
+        """Change some fields of a stored job and return the job as now stored.
+
+        ``updated_at`` is bumped, and ``completed_at`` is set the first time the status becomes terminal.
+        A terminal status is final: a later non-terminal status (a slow poll racing the one that saw the
+        job finish) is ignored rather than making a finished job look pending again. Unknown or immutable
+        fields and invalid values raise ``ValueError``; an unknown job raises ``KeyError``.
+        """
+        unknown = set(fields) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"JobRecord has no field(s) {', '.join(sorted(unknown))}")
+        immutable = set(fields) & _IMMUTABLE_FIELDS
+        if immutable:
+            raise ValueError(f"field(s) {', '.join(sorted(immutable))} cannot be updated")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise KeyError(job_id)
+                current = _from_row(row)
+                changes = dict(fields)
+                if current.is_terminal and changes.get("status", current.status) not in TERMINAL_STATUSES:
+                    del changes["status"]
+                now = _now()
+                changes["updated_at"] = max(now, current.updated_at)
+                new_status = changes.get("status", current.status)
+                if new_status in TERMINAL_STATUSES and current.completed_at is None:
+                    changes.setdefault("completed_at", now)
+                merged = current.model_dump()
+                merged.update(changes)
+                updated = JobRecord.model_validate(merged)
+                new_row = _to_row(updated)
+                assignments = ", ".join(f"{column} = ?" for column in changes)
+                self._db.execute(
+                    f"UPDATE jobs SET {assignments} WHERE job_id = ?",
+                    [*(new_row[column] for column in changes), job_id],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return updated
+
+    def recent(self, limit: int = 20) -> list[JobRecord]:
+        """The ``limit`` most recently submitted jobs, newest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def unfinished(self) -> list[JobRecord]:
+        """Jobs fal may still be working on, oldest first: the ones to check on after a restart."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, rowid"
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+
+def _to_row(record: JobRecord) -> dict[str, Any]:
+    row: dict[str, Any] = record.model_dump()
+    for name in _JSON_FIELDS:
+        if row[name] is not None:
+            row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))
+    for name in _TIME_FIELDS:
+        if row[name] is not None:
+            # Fixed-width UTC ISO text, so SQL's text ordering is time ordering.
+            row[name] = row[name].astimezone(UTC).isoformat(timespec="microseconds")
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> JobRecord:
+    values: dict[str, Any] = {name: row[name] for name in _COLUMNS}
+    for name in _JSON_FIELDS:
+        if values[name] is not None:
+            values[name] = json.loads(values[name])
+    for name in _TIME_FIELDS:
+        if values[name] is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    return JobRecord.model_validate(values)

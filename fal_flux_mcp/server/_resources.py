@@ -1,0 +1,71 @@
+"""The MCP resources: a job as JSON, and an image's full-resolution bytes.
+
+Both are read from the journal and the saved files, so they answer after a restart too. An image whose
+file is gone is fetched again from fal's URL.
+"""
+
+from __future__ import annotations
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+
+from fal_flux_mcp.fal import FalError
+from fal_flux_mcp.server._app import AppState, FluxServer
+from fal_flux_mcp.server._jobs import UnknownJobError
+
+
+def register_resources(server: FluxServer) -> None:
+    """Add fal-flux-mcp's resource templates to ``server``."""
+
+    @server.resource(
+        "flux://jobs/{job_id}",
+        name="job",
+        title="Image job",
+        description="A generation job: its status, and once completed its images (URLs, paths, sizes).",
+        mime_type="application/json",
+    )
+    async def job(job_id: str, ctx: Context) -> str:
+        state: AppState = ctx.request_context.lifespan_context
+        try:
+            record = state.jobs.get(job_id)
+        except UnknownJobError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        return state.jobs.describe(record).model_dump_json(indent=2)
+
+    @server.resource(
+        "flux://images/{job_id}/{index}",
+        name="image",
+        title="Generated image",
+        description="The full-resolution bytes of image {index} (from 0) of a completed job.",
+        mime_type="image/jpeg",
+    )
+    async def image(job_id: str, index: int, ctx: Context) -> bytes:
+        state: AppState = ctx.request_context.lifespan_context
+        try:
+            record = state.jobs.get(job_id)
+        except UnknownJobError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        images = state.jobs.describe(record).images
+        if not 0 <= index < len(images):
+            if record.status != "completed":
+                raise ResourceNotFoundError(f"job {job_id} is {record.status}; it has no images yet")
+            raise ResourceNotFoundError(
+                f"job {job_id} has {len(images)} image(s); index {index} does not exist"
+            )
+        info = images[index]
+        if info.path:
+            try:
+                return await _read(info.path)
+            except OSError:
+                pass
+        try:
+            return await state.jobs.fal.download(info.url)
+        except FalError as exc:
+            raise ResourceError(
+                f"the saved file is gone and fal's copy could not be fetched: {exc.message}"
+            ) from None
+
+
+async def _read(path: str) -> bytes:
+    return await anyio.Path(path).read_bytes()

@@ -1,0 +1,239 @@
+"""What each MCP tool accepts and returns: the single source of truth for the tools' JSON schemas.
+
+Inputs are flat (no nested objects, no top-level ``anyOf``: several clients reject those), every
+property is described, enums are ``Literal`` and bounds are fal's. An optional field is published as
+its plain type without ``null`` and means "the model's default"; the model's own defaults are in
+``fal_flux_mcp.models``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from fal_flux_mcp.models import AspectRatio, ImageSizePreset, OutputFormat, SafetyTolerance
+from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
+
+ModelId: TypeAlias = Literal[
+    "fal-ai/flux-pro/v1.1-ultra",
+    "fal-ai/flux-pro/v1.1-ultra/redux",
+    "fal-ai/flux-pro/v1.1",
+    "fal-ai/flux-pro/v1.1/redux",
+    "fal-ai/flux-pro/v1/redux",
+    "fal-ai/flux-pro/kontext",
+    "fal-ai/flux/dev",
+    "fal-ai/flux/schnell",
+]
+assert set(ModelId.__args__) == set(MODELS), "ModelId must list exactly the registry's models"  # type: ignore[attr-defined]
+
+JobState: TypeAlias = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+
+
+def _drop_null(schema: dict[str, Any]) -> None:
+    """Publish ``X | None`` as plain ``X``: None only means "not given", which omitting the key says."""
+    variants = schema.pop("anyOf", None)
+    if variants is None:
+        return
+    kept = [v for v in variants if v.get("type") != "null"]
+    if len(kept) == 1:
+        schema.update(kept[0])
+    else:
+        schema["anyOf"] = kept
+    if schema.get("default", 0) is None:
+        del schema["default"]
+
+
+def optional(description: str, **constraints: Any) -> Any:
+    """A ``Field`` for an optional tool argument: not required, no default, no ``null`` in the schema."""
+    return Field(default=None, description=description, json_schema_extra=_drop_null, **constraints)
+
+
+def _int_to_str(value: object) -> object:
+    # LLMs often send safety_tolerance as a number; fal wants the string.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Tolerance = Annotated[SafetyTolerance, BeforeValidator(_int_to_str)]
+
+
+class GenerationParams(BaseModel):
+    """The generation parameters shared by ``generate_image`` and ``submit_job``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(
+        description="What the image should show, or for Kontext the edit to make. May be empty only for "
+        "the Redux models, which vary image_url.",
+        max_length=10_000,
+    )
+    model: ModelId = Field(
+        default=DEFAULT_MODEL,
+        description="fal endpoint id. Text to image: fal-ai/flux-pro/v1.1-ultra (best, ~4 MP), "
+        "fal-ai/flux-pro/v1.1, fal-ai/flux/dev, fal-ai/flux/schnell (fastest, cheapest). "
+        "Variations of image_url: the /redux models. Edit image_url by instruction: fal-ai/flux-pro/kontext. "
+        "list_models gives prices and parameters.",
+    )
+    aspect_ratio: AspectRatio | None = optional(
+        "Aspect ratio; works with every model (turned into an image_size where the model needs one)."
+    )
+    image_size: ImageSizePreset | None = optional(
+        "Size preset, only for models that take image_size (v1.1, the v1.x redux models, dev, schnell). "
+        "Prefer aspect_ratio."
+    )
+    num_images: int | None = optional("How many images to generate, 1-4 (default 1).", ge=1, le=4)
+    seed: int | None = optional("Seed for reproducible output: the same seed and prompt give the same image.")
+    output_format: OutputFormat | None = optional("File format of the images (default jpeg).")
+    safety_tolerance: Tolerance | None = optional(
+        "FLUX pro moderation level, '1' strictest to '6' most permissive (default '2')."
+    )
+    enhance_prompt: bool | None = optional("Let the model expand the prompt for more detail (default false).")
+    raw: bool | None = optional("Ultra models only: a less processed, more natural look (default false).")
+    image_url: str | None = optional(
+        "Input image: an https URL, or a local file path inside the allowed directories (uploaded first). "
+        "Required for the Redux and Kontext models; an optional image prompt for ultra.",
+        min_length=1,
+    )
+    image_prompt_strength: float | None = optional(
+        "Ultra models: how strongly image_url steers the result, 0-1 (default 0.1).", ge=0, le=1
+    )
+    num_inference_steps: int | None = optional(
+        "Denoising steps for dev (1-50, default 28), schnell (1-12, default 4) and the v1.x redux models.",
+        ge=1,
+        le=50,
+    )
+    guidance_scale: float | None = optional(
+        "How closely to follow the prompt, 1-20 (default 3.5); dev, kontext and the v1.x redux models.",
+        ge=1,
+        le=20,
+    )
+    enable_safety_checker: bool | None = optional(
+        "dev, schnell and ultra: black out NSFW output (default true)."
+    )
+
+
+class SubmitParams(GenerationParams):
+    """``submit_job``'s input: the generation parameters plus an optional webhook."""
+
+    webhook_url: str | None = optional(
+        "An https URL that fal POSTs the result to when the job finishes.", pattern=r"^https?://"
+    )
+
+
+JobId = Annotated[
+    str, Field(min_length=1, max_length=200, description="The job_id from generate_image or submit_job.")
+]
+
+
+class StatusParams(BaseModel):
+    """``check_status``'s input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: JobId
+    wait_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=45,
+        description="Wait up to this long (0-45 s) for the job to finish before answering.",
+    )
+    include_logs: bool = Field(default=False, description="Include fal's log lines.")
+
+
+class CancelParams(BaseModel):
+    """``cancel_job``'s input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: JobId
+
+
+class UploadParams(BaseModel):
+    """``upload_file``'s input: a local file, or the image's bytes inline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = optional(
+        "Absolute path of a local image inside the allowed directories.", min_length=1
+    )
+    data: str | None = optional("The image as base64 or a data: URI, instead of path.", min_length=1)
+    file_name: str | None = optional("Name to store data under, e.g. photo.png.", max_length=255)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UploadParams:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("give exactly one of path (a local file) or data (base64 or a data: URI)")
+        return self
+
+
+class ImageInfo(BaseModel):
+    """One finished image: where it is on fal, where it was saved, and how to read it as a resource."""
+
+    index: int = Field(description="Position of the image in the job, from 0.")
+    url: str = Field(description="The image on fal's CDN (public, kept by fal for at least 7 days).")
+    path: str | None = Field(description="Absolute path of the saved file; null if saving failed.")
+    resource_uri: str = Field(description="MCP resource with the full-resolution bytes.")
+    width: int | None = Field(description="Width in pixels.")
+    height: int | None = Field(description="Height in pixels.")
+    content_type: str = Field(description="MIME type of the image.")
+    nsfw: bool = Field(description="True when fal's checker flagged the image and blacked it out.")
+
+
+class JobResult(BaseModel):
+    """A job's state, and once it completed, its images. Everything the model needs is here."""
+
+    job_id: str = Field(description="fal request id; pass it to check_status or cancel_job.")
+    status: JobState = Field(description="queued, in_progress, completed, failed or cancelled.")
+    model: str = Field(description="fal endpoint id the job ran on.")
+    prompt: str = Field(description="The prompt as sent (or as the model rewrote it, once completed).")
+    seed: int | None = Field(default=None, description="Seed actually used; reuse it to reproduce an image.")
+    cost_usd: float | None = Field(default=None, description="Estimated cost from fal's list prices.")
+    images: list[ImageInfo] = Field(default_factory=list, description="The images, once completed.")
+    queue_position: int | None = Field(default=None, description="Jobs ahead of this one while queued.")
+    resource_uri: str = Field(description="MCP resource describing the job (flux://jobs/{job_id}).")
+    message: str = Field(description="What happened and what to do next.")
+    error: str | None = Field(default=None, description="Why the job failed, when it did.")
+    logs: list[str] | None = Field(default=None, description="fal's log lines, when asked for.")
+    created_at: datetime | None = Field(default=None, description="When the job was submitted (UTC).")
+    completed_at: datetime | None = Field(default=None, description="When it finished (UTC).")
+
+
+class CancelResultOut(BaseModel):
+    """What ``cancel_job`` did."""
+
+    job_id: str = Field(description="The job.")
+    status: JobState = Field(description="The job's state after the request.")
+    cancelled: bool = Field(description="True if the cancel reached the job before it finished.")
+    message: str = Field(description="What happened.")
+
+
+class UploadResult(BaseModel):
+    """A file now on fal's storage, usable as ``image_url``."""
+
+    url: str = Field(description="Public URL of the uploaded file; pass it as image_url.")
+    file_name: str = Field(description="Name it was stored under.")
+    content_type: str = Field(description="MIME type detected from the content.")
+    size: int = Field(description="Size in bytes.")
+
+
+class ModelSummary(BaseModel):
+    """One model in the registry."""
+
+    id: str = Field(description="fal endpoint id, the value for the model argument.")
+    title: str = Field(description="Product name.")
+    task: str = Field(description="text-to-image, image-variation or image-edit.")
+    description: str = Field(description="What it is good for.")
+    parameters: list[str] = Field(description="fal input fields it accepts.")
+    requires_image: bool = Field(description="Whether image_url is required.")
+    price_usd: float = Field(description="List price per unit.")
+    price_unit: str = Field(description="'image' or 'megapixel' (rounded up per image).")
+    typical_seconds: float = Field(description="Typical generation time.")
+    price_note: str = Field(description="Caveats about the price, if any.")
+
+
+class ModelList(BaseModel):
+    """The models fal-flux-mcp offers."""
+
+    default_model: str = Field(description="Used when model is not given.")
+    models: list[ModelSummary] = Field(description="Every available model.")

@@ -1,0 +1,374 @@
+"""The MCP tools. Each is a typed, documented function; the work is done by ``JobService``.
+
+Errors a user or model can fix become tool errors (``isError: true``) at one boundary,
+``_tool_errors``, with a message that says what to change. A job that reached fal is never reported
+as a bare error: its id is always in the answer, so it can be found again.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import (
+    Annotations,
+    CallToolResult,
+    ContentBlock,
+    ImageContent,
+    ResourceLink,
+    TextContent,
+    ToolAnnotations,
+)
+
+from fal_flux_mcp.fal import FalError, QueueStatus
+from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
+from fal_flux_mcp.server._app import AppState, FluxServer
+from fal_flux_mcp.server._flat import flat_arguments
+from fal_flux_mcp.server._jobs import JobError, image_name, job_uri
+from fal_flux_mcp.server._journal import JobRecord
+from fal_flux_mcp.server._schemas import (
+    CancelParams,
+    CancelResultOut,
+    GenerationParams,
+    JobResult,
+    ModelList,
+    ModelSummary,
+    StatusParams,
+    SubmitParams,
+    UploadParams,
+    UploadResult,
+)
+from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, resolve_local_image, roots_to_dirs
+
+logger = logging.getLogger("fal_flux_mcp.server")
+
+_GENERATE = ToolAnnotations(
+    title="Generate image",
+    read_only_hint=False,
+    destructive_hint=False,
+    idempotent_hint=False,
+    open_world_hint=True,
+)
+_SUBMIT = _GENERATE.model_copy(update={"title": "Submit image job"})
+_READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
+_CANCEL = ToolAnnotations(
+    title="Cancel job",
+    read_only_hint=False,
+    destructive_hint=True,
+    idempotent_hint=True,
+    open_world_hint=True,
+)
+_UPLOAD = ToolAnnotations(
+    title="Upload image",
+    read_only_hint=False,
+    destructive_hint=False,
+    idempotent_hint=False,
+    open_world_hint=True,
+)
+
+
+@contextmanager
+def _tool_errors() -> Iterator[None]:
+    """The one place where our errors become MCP tool errors with their actionable message."""
+    try:
+        yield
+    except (JobError, UploadRefused) as exc:
+        raise ToolError(str(exc)) from None
+    except FalError as exc:
+        raise ToolError(exc.message) from None
+
+
+def _state(ctx: Context[AppState]) -> AppState:
+    return ctx.request_context.lifespan_context
+
+
+async def _allowed_dirs(ctx: Context[AppState], state: AppState) -> list[Path]:
+    """``FLUX_MCP_ALLOWED_DIRS`` plus the roots the client shares (on connections that can ask for them)."""
+    dirs = list(state.settings.allowed_dirs)
+    capabilities = ctx.client_capabilities
+    if capabilities is None or capabilities.roots is None:
+        return dirs
+    try:
+        with anyio.move_on_after(5), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            roots = await ctx.session.list_roots()
+            dirs.extend(roots_to_dirs(str(root.uri) for root in roots.roots))
+    except Exception as exc:  # no back channel (modern era), or the client failed: use the env list
+        logger.debug("could not list the client's roots: %s", exc)
+    return dirs
+
+
+class _Progress:
+    """Turns fal's queue positions and log lines into MCP progress notifications (always increasing)."""
+
+    def __init__(self, ctx: Context[AppState]) -> None:
+        self._ctx = ctx
+        self._step = 0
+        self._seen_logs = 0
+        self._last: str | None = None
+
+    async def say(self, message: str) -> None:
+        if message == self._last:
+            return
+        self._last = message
+        self._step += 1
+        await self._ctx.report_progress(self._step, None, message)
+
+    async def on_status(self, status: QueueStatus) -> None:
+        if status.status == "IN_QUEUE":
+            await self.say(f"Queued on fal, position {status.queue_position}")
+        elif status.status == "IN_PROGRESS":
+            logs = status.logs or []
+            if len(logs) < self._seen_logs:  # a stream that sends only new lines per event
+                self._seen_logs = 0
+            if not logs[self._seen_logs :]:
+                await self.say("Generating")
+            for entry in logs[self._seen_logs :]:
+                await self.say(f"fal: {entry.message}")
+            self._seen_logs = len(logs)
+        else:
+            await self.say("Finished on fal; downloading the images")
+
+
+async def _job_result(
+    state: AppState, record: JobRecord, *, result: JobResult | None = None
+) -> CallToolResult:
+    """The tool result for a job: short text, previews the model can see, links, and the structured JSON."""
+    result = result or state.jobs.describe(record)
+    if result.status == "failed":
+        return CallToolResult(
+            content=[TextContent(text=f"Job {result.job_id} failed: {_with_hint(result.error)}")],
+            structured_content=result.model_dump(mode="json"),
+            is_error=True,
+        )
+    lines = [f"Job {result.job_id}: {result.status}. {result.message}"]
+    for image in result.images:
+        where = f" saved at {image.path}" if image.path else ""
+        lines.append(f"- image {image.index + 1}: {image.url}{where} ({image.width}x{image.height})")
+    if result.cost_usd is not None:
+        lines.append(f"Estimated cost: ${result.cost_usd:.3f}")
+    content: list[ContentBlock] = [TextContent(text="\n".join(lines))]
+    if result.status == "completed":
+        for preview in await state.jobs.previews(record):
+            content.append(
+                ImageContent(
+                    data=base64.b64encode(preview.data).decode("ascii"),
+                    mime_type=preview.mime_type,
+                    annotations=Annotations(audience=["user", "assistant"], priority=0.9),
+                )
+            )
+        for image in result.images:
+            content.append(
+                ResourceLink(
+                    uri=image.resource_uri,
+                    name=image_name(result.job_id, image.index, image.path),
+                    mime_type=image.content_type,
+                    description=f"Full-resolution image {image.index + 1} of job {result.job_id}",
+                )
+            )
+    else:
+        content.append(
+            ResourceLink(
+                uri=job_uri(result.job_id), name=f"job {result.job_id}", mime_type="application/json"
+            )
+        )
+    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
+
+
+def _with_hint(error: str | None) -> str:
+    """The failure, with what to do next unless fal's message already says it."""
+    text = (error or "unknown error").rstrip(". ") + "."
+    if "rephrase" not in text.lower():
+        text += " Check the parameters and try again; this failed job costs nothing more."
+    return text
+
+
+def register_tools(server: FluxServer) -> None:
+    """Add fal-flux-mcp's tools to ``server``."""
+
+    @server.tool(name="generate_image", title="Generate image", annotations=_GENERATE)
+    @flat_arguments(GenerationParams)
+    async def generate_image(
+        params: GenerationParams, ctx: Context[AppState]
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Generate images with a FLUX model on fal.ai and return them.
+
+        Waits up to about 45 seconds, reporting progress. Finished: previews you can see, the fal URLs,
+        the saved file paths and resource links. Not finished in time: status 'in_progress' with a
+        job_id to pass to check_status (the job keeps running and nothing is lost). Costs money.
+        """
+        state = _state(ctx)
+        progress = _Progress(ctx)
+        with _tool_errors():
+            record = await state.jobs.submit(
+                params, allowed_dirs=functools.partial(_allowed_dirs, ctx, state)
+            )
+        await progress.say(f"Submitted job {record.job_id} to {record.endpoint_id}")
+        wait = state.settings.wait_seconds
+        try:
+            record, _ = await state.jobs.follow(record, seconds=wait, logs=True, on_status=progress.on_status)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                try:
+                    await state.jobs.cancel(record.job_id)
+                    logger.info("client cancelled the call; cancelled job %s on fal", record.job_id)
+                except FalError as exc:
+                    logger.warning("client cancelled; could not cancel job %s: %s", record.job_id, exc)
+            raise
+        except FalError as exc:
+            # Submitted and paid: answer with the job id, never a bare error.
+            state.jobs.follow_in_background(record)
+            result = state.jobs.describe(record).model_copy(
+                update={
+                    "message": f"Lost contact with fal while waiting ({exc.message}). The job continues; "
+                    f"call check_status with job_id '{record.job_id}'."
+                }
+            )
+            return await _job_result(state, record, result=result)
+        if not record.is_terminal:
+            state.jobs.follow_in_background(record)
+            return await _job_result(state, record, result=state.jobs.describe(record, waited=wait))
+        return await _job_result(state, record)
+
+    @server.tool(name="submit_job", title="Submit image job", annotations=_SUBMIT)
+    @flat_arguments(SubmitParams)
+    async def submit_job(
+        params: SubmitParams, ctx: Context[AppState]
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Queue a FLUX generation on fal.ai and return at once with its job_id.
+
+        Use for long jobs or many at a time; follow with check_status, stop with cancel_job. The images
+        are saved locally when the job completes, even if nobody asks. Costs money.
+        """
+        state = _state(ctx)
+        with _tool_errors():
+            record = await state.jobs.submit(
+                params,
+                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                webhook_url=params.webhook_url,
+            )
+        state.jobs.follow_in_background(record)
+        return await _job_result(state, record)
+
+    @server.tool(
+        name="check_status",
+        title="Check job status",
+        annotations=_READ.model_copy(update={"title": "Check job status"}),
+    )
+    @flat_arguments(StatusParams)
+    async def check_status(
+        params: StatusParams, ctx: Context[AppState]
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Report a job's status: queued, in_progress, completed (with its images), failed or cancelled.
+
+        A completed job returns the same images, previews and paths as generate_image, every time.
+        """
+        state = _state(ctx)
+        progress = _Progress(ctx)
+        with _tool_errors():
+            record = state.jobs.get(params.job_id)
+            logs: list[str] = []
+            if not record.is_terminal:
+                wait = min(params.wait_seconds, state.settings.wait_seconds)
+                if wait > 0:
+                    record, logs = await state.jobs.follow(
+                        record, seconds=wait, logs=params.include_logs, on_status=progress.on_status
+                    )
+                else:
+                    record, logs = await state.jobs.poll(record, logs=params.include_logs)
+                if not record.is_terminal:
+                    state.jobs.follow_in_background(record)
+        result = state.jobs.describe(record, logs=logs if params.include_logs else None)
+        if result.status == "failed":  # a status report, not a failed call
+            return CallToolResult(
+                content=[TextContent(text=f"Job {result.job_id}: failed. {result.error}")],
+                structured_content=result.model_dump(mode="json"),
+            )
+        return await _job_result(state, record, result=result)
+
+    @server.tool(
+        name="cancel_job",
+        title="Cancel job",
+        annotations=_CANCEL,
+    )
+    @flat_arguments(CancelParams)
+    async def cancel_job(params: CancelParams, ctx: Context[AppState]) -> CancelResultOut:
+        """Cancel a job on fal. A queued job never runs and is not charged; a running one is stopped if possible."""
+        state = _state(ctx)
+        with _tool_errors():
+            record, cancelled, message = await state.jobs.cancel(params.job_id)
+        return CancelResultOut(
+            job_id=record.job_id, status=record.status, cancelled=cancelled, message=message
+        )
+
+    @server.tool(
+        name="upload_file",
+        title="Upload image",
+        annotations=_UPLOAD,
+    )
+    @flat_arguments(UploadParams)
+    async def upload_file(params: UploadParams, ctx: Context[AppState]) -> UploadResult:
+        """Put a local image on fal's storage and return its URL, to use as image_url.
+
+        Give path (a file inside the directories the user allowed) or data (base64). Only images
+        (JPEG, PNG, WebP, GIF, AVIF) are accepted.
+        """
+        state = _state(ctx)
+        limit = state.settings.upload_max_bytes
+        with _tool_errors():
+            if params.path is not None:
+                local = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        resolve_local_image, params.path, await _allowed_dirs(ctx, state), limit
+                    )
+                )
+                url = await state.jobs.fal.upload_file(
+                    local.path, content_type=local.content_type, file_name=local.file_name
+                )
+                return UploadResult(
+                    url=url, file_name=local.file_name, content_type=local.content_type, size=local.size
+                )
+            assert params.data is not None
+            decoded = decode_image_data(params.data, params.file_name, limit)
+            url = await state.jobs.fal.upload_bytes(
+                decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
+            )
+            return UploadResult(
+                url=url,
+                file_name=decoded.file_name,
+                content_type=decoded.content_type,
+                size=len(decoded.data),
+            )
+
+    @server.tool(
+        name="list_models", title="List models", annotations=_READ.model_copy(update={"title": "List models"})
+    )
+    async def list_models() -> ModelList:
+        """The FLUX models available: what each is for, its parameters, price and typical time."""
+        return ModelList(
+            default_model=DEFAULT_MODEL,
+            models=[
+                ModelSummary(
+                    id=info.endpoint_id,
+                    title=info.title,
+                    task=info.task,
+                    description=info.description,
+                    parameters=info.parameters,
+                    requires_image=info.requires_image,
+                    price_usd=info.price_usd,
+                    price_unit=info.price_unit,
+                    typical_seconds=info.typical_seconds,
+                    price_note=info.price_note,
+                )
+                for info in MODELS.values()
+            ],
+        )

@@ -1,0 +1,347 @@
+"""What ``upload_file`` may read: local images inside the allowed folders, or image bytes sent inline.
+
+An LLM chooses the path, and an LLM can be talked into anything by a prompt or a web page, so a local path
+is only honoured if the file it *really* is (after ``~``, ``..`` and every symlink are resolved) lies in
+a folder the user allowed: ``FLUX_MCP_ALLOWED_DIRS`` or an MCP root their client shares. The file's
+content, never its name, must be an image fal accepts. Every refusal says what was wrong and what to do,
+because the LLM reading it can usually fix the call or tell the user which setting to change; a refusal
+for a path outside the allowed folders never reveals whether that path exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from fal_flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
+
+_ACCEPTED = "JPEG, PNG, WebP, GIF or AVIF"
+_HEADER_BYTES = 64
+_DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*),(?P<payload>.*)$", re.DOTALL | re.I)
+_DRIVE = re.compile(r"^/?(?P<letter>[A-Za-z])[:|](?P<rest>/.*)?$")
+
+
+class UploadRefused(Exception):
+    """``upload_file`` will not send this; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    """A checked local image: where it really is, and what it is."""
+
+    path: Path
+    size: int
+    content_type: str
+    file_name: str
+    identity: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
+    """``(st_dev, st_ino)`` of the file that was checked, so ``read`` notices if it was swapped since."""
+
+    def read(self) -> bytes:
+        """The file's bytes, refusing if it is no longer the checked file or has grown past ``size``.
+
+        Checking and reading are separate steps; reading through this closes the gap in which the file
+        could be replaced by a symlink or another file.
+        """
+        try:
+            with _open_regular(self.path) as file:
+                info = os.fstat(file.fileno())
+                if self.identity != (0, 0) and (info.st_dev, info.st_ino) != self.identity:
+                    raise UploadRefused(
+                        f"'{self.path}' was replaced after it was checked; try the upload again."
+                    )
+                data = file.read(self.size + 1)
+        except OSError as exc:  # deleted, or swapped for a symlink (O_NOFOLLOW), since the check
+            raise UploadRefused(
+                f"'{self.path}' can no longer be read ({exc.__class__.__name__}); try the upload again."
+            ) from exc
+        if len(data) != self.size:
+            raise UploadRefused(f"'{self.path}' changed size after it was checked; try the upload again.")
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """Image bytes sent inline, decoded and checked."""
+
+    data: bytes
+    content_type: str
+    file_name: str
+
+
+def resolve_local_image(path: str, allowed_dirs: Sequence[Path], max_bytes: int) -> LocalImage:
+    """Check that ``path`` is an image inside ``allowed_dirs`` that fal accepts, or raise ``UploadRefused``.
+
+    Containment is judged on the resolved path against the resolved allowed folders, so neither ``..``
+    nor a symlink can lead out of them, while a symlink that stays inside is fine. Relative allowed
+    folders are ignored: resolved against the server's working directory they could allow anything.
+    A ``file://`` URI is accepted in place of a path, as LLMs often pass those.
+    """
+    roots = _allowed_roots(allowed_dirs)
+    if not roots:
+        raise UploadRefused(
+            "upload_file cannot read local files: no folders are allowed. Ask the user to set "
+            f"FLUX_MCP_ALLOWED_DIRS to the absolute folder(s) holding their images (separated by "
+            f"'{os.pathsep}') or to share the folder as an MCP root in their client, or pass the image "
+            "inline as base64 `data` with a `file_name`."
+        )
+    where = ", ".join(str(root) for root in roots)
+    text = path.strip()
+    if not text:
+        raise UploadRefused(f"No path was given. Give the absolute path of an image inside {where}.")
+    if "\x00" in text:
+        raise UploadRefused("The path contains a NUL character, which no file name can. Check the path.")
+    if text.lower().startswith("file:"):
+        converted = _file_uri_to_path(text, windows=os.name == "nt")
+        if converted is None:
+            raise UploadRefused(f"'{text}' is not a local file URI. Give an absolute path inside {where}.")
+        text = converted
+    given = Path(text).expanduser()
+    if not given.is_absolute():
+        raise UploadRefused(
+            f"'{path}' is a relative path. The server's working directory is not the user's (desktop clients "
+            f"start it in / or an app folder), so give the full path, e.g. '{roots[0] / given}'."
+        )
+
+    outside = UploadRefused(
+        f"'{given}' is outside the allowed directories ({where}). Ask the user to add its folder to "
+        "FLUX_MCP_ALLOWED_DIRS or to share it as an MCP root, or to move the image into one of those folders."
+    )
+    try:
+        resolved = given.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # symlink loop
+        raise UploadRefused(f"'{given}' cannot be resolved ({exc}).") from exc
+    inside = any(resolved.is_relative_to(root) for root in roots)
+    try:
+        real = given.resolve(strict=True)
+        info = real.stat()
+    except (OSError, RuntimeError) as exc:
+        if not inside:
+            raise outside from None  # do not reveal what exists outside the allowed folders
+        if isinstance(exc, FileNotFoundError):
+            raise UploadRefused(
+                f"'{given}' does not exist. Check the file name; images must be inside {where}."
+            ) from None
+        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
+    if not inside and not _inside_by_identity(real, roots):
+        raise outside
+
+    if stat.S_ISDIR(info.st_mode):
+        raise UploadRefused(f"'{given}' is a folder. Give the path of an image file inside it.")
+    if not stat.S_ISREG(info.st_mode):
+        raise UploadRefused(
+            f"'{given}' is not a regular file (a device, pipe or socket). Give an image file."
+        )
+    if info.st_size == 0:
+        raise UploadRefused(f"'{given}' is empty (0 bytes). Give an image file.")
+    if info.st_size > max_bytes:
+        raise UploadRefused(
+            f"'{given}' is {_megabytes(info.st_size)}, over the {_megabytes(max_bytes)} upload limit "
+            "(FLUX_MCP_UPLOAD_MAX_BYTES). Use a smaller or more compressed version of the image."
+        )
+    try:
+        with _open_regular(real) as file:
+            opened = os.fstat(file.fileno())
+            header = file.read(_HEADER_BYTES)
+    except OSError as exc:
+        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
+    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+        raise UploadRefused(f"'{given}' changed while it was being checked; try the upload again.")
+    content_type = sniff_content_type(header)
+    if content_type is None:
+        raise UploadRefused(f"'{given}' is not an image fal accepts: {_describe_content(real)}.")
+    return LocalImage(
+        path=real,
+        size=info.st_size,
+        content_type=content_type,
+        file_name=_upload_file_name(given.name, content_type),
+        identity=(info.st_dev, info.st_ino),
+    )
+
+
+def decode_image_data(data: str, file_name: str | None, max_bytes: int) -> DecodedImage:
+    """Decode an image sent inline as a ``data:`` URI or bare base64, or raise ``UploadRefused``.
+
+    Whitespace and line breaks (as base64 is often wrapped), missing padding and the URL-safe alphabet
+    are tolerated, since LLMs and tools produce all of them. The size is checked from the encoded length
+    before anything is decoded, so an oversized payload costs no memory. The type comes from the decoded
+    content, not from the data URI or ``file_name``, and the file name's extension is made to match it.
+    """
+    text = data.strip()
+    if not text:
+        raise UploadRefused("`data` is empty. Pass the image as base64 or a data: URI, or give a `path`.")
+    match = _DATA_URI.match(text)
+    if match:
+        params = [p.strip().lower() for p in match["params"].split(";") if p.strip()]
+        if "base64" not in params:
+            raise UploadRefused(
+                "The data: URI is not base64-encoded. Send it as 'data:image/png;base64,...'."
+            )
+        text = match["payload"]
+    elif re.match(r"^(https?|ftp)://", text, re.I):
+        raise UploadRefused(
+            "`data` is a URL, not image bytes. fal can fetch a public URL itself: pass it directly as the "
+            "image URL of the generation tool instead of uploading it."
+        )
+
+    compact = "".join(text.split()).rstrip("=").translate(str.maketrans("-_", "+/"))
+    if not compact:
+        raise UploadRefused("`data` holds no image bytes (the base64 payload is empty).")
+    decoded_size = len(compact) * 3 // 4
+    if decoded_size > max_bytes:
+        raise UploadRefused(
+            f"The image is about {_megabytes(decoded_size)}, over the {_megabytes(max_bytes)} upload limit "
+            "(FLUX_MCP_UPLOAD_MAX_BYTES). Send a smaller or more compressed version."
+        )
+    if len(compact) % 4 == 1:
+        raise UploadRefused("`data` is not valid base64 (its length is impossible; is it truncated?).")
+    try:
+        raw = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        if _looks_like_path(text):
+            raise UploadRefused(
+                "`data` looks like a file path. Pass local files as `path`, not `data`."
+            ) from exc
+        raise UploadRefused(
+            f"`data` is not valid base64 ({exc}). Send the file's bytes base64-encoded, optionally as "
+            "'data:image/png;base64,...'."
+        ) from exc
+    if not raw:
+        raise UploadRefused("`data` decodes to no bytes. Send the image's base64-encoded content.")
+    content_type = sniff_content_type(raw[:_HEADER_BYTES])
+    if content_type is None:
+        raise UploadRefused(f"`data` is not an image fal accepts: {_describe_content(raw)}.")
+    return DecodedImage(
+        data=raw, content_type=content_type, file_name=_upload_file_name(file_name, content_type)
+    )
+
+
+def _looks_like_path(text: str) -> bool:
+    # Checked only once base64 decoding failed: valid base64 (JPEG's starts '/9j/') can start with '/'.
+    return text.startswith(("/", "~", "file:", "\\\\")) or re.match(r"^[A-Za-z]:[\\/]", text) is not None
+
+
+def roots_to_dirs(uris: Iterable[str]) -> list[Path]:
+    """The local folders behind MCP root URIs; roots that are not ``file:`` URIs are skipped.
+
+    Handles percent-encoding (spaces, non-ASCII), ``localhost`` hosts and Windows forms
+    (``file:///C:/Users``, ``file:///c%3A/...``, ``file:///C|/...``, UNC ``file://server/share``).
+    Duplicates are dropped, order is kept.
+    """
+    dirs: list[Path] = []
+    for uri in uris:
+        converted = _file_uri_to_path(str(uri), windows=os.name == "nt")
+        if converted is not None and Path(converted) not in dirs:
+            dirs.append(Path(converted))
+    return dirs
+
+
+def _file_uri_to_path(uri: str, *, windows: bool) -> str | None:
+    """The local path of a ``file:`` URI in the given OS's syntax, or None if it names no local path."""
+    try:
+        parts = urlsplit(uri.strip())
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "file":
+        return None
+    host = unquote(parts.netloc)
+    path = unquote(parts.path)
+    if _DRIVE.match(host):  # 'file://C:/Users' (a common malformed form)
+        path, host = host + path, ""
+    if host.lower() == "localhost":
+        host = ""
+    if "\x00" in path or "\x00" in host:
+        return None
+    drive = _DRIVE.match(path)
+    if windows:
+        if host:
+            return "\\\\" + host + path.replace("/", "\\")
+        if drive:
+            return f"{drive['letter'].upper()}:" + (drive["rest"] or "/").replace("/", "\\")
+        return None if not path else path.replace("/", "\\")
+    if host or drive or not path.startswith("/"):
+        return None  # a network share or a Windows drive means nothing here
+    return path
+
+
+def _allowed_roots(allowed_dirs: Sequence[Path]) -> list[Path]:
+    roots: list[Path] = []
+    for directory in allowed_dirs:
+        expanded = Path(directory).expanduser()
+        if not expanded.is_absolute():
+            continue
+        try:
+            resolved = expanded.resolve(strict=False)
+        except (OSError, RuntimeError):
+            continue
+        if resolved not in roots:
+            roots.append(resolved)
+    return roots
+
+
+def _inside_by_identity(real: Path, roots: Sequence[Path]) -> bool:
+    # The same folder can have two spellings (case-insensitive file systems, bind mounts); compare
+    # each ancestor of the file with each allowed folder by device and inode instead of by name.
+    root_stats = []
+    for root in roots:
+        try:
+            root_stats.append(root.stat())
+        except OSError:
+            continue
+    for ancestor in real.parents:
+        try:
+            ancestor_stat = ancestor.stat()
+        except OSError:
+            continue
+        if any(os.path.samestat(ancestor_stat, root_stat) for root_stat in root_stats):
+            return True
+    return False
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    # O_NONBLOCK so a pipe swapped in after the check cannot hang the server; O_NOFOLLOW so a symlink
+    # swapped in for the final component is not followed.
+    flags = (
+        os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    )
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UploadRefused(f"'{path}' is not a regular file. Give an image file.")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _describe_content(source: Path | bytes) -> str:
+    """What the content is instead, in words the LLM can relay ('a TIFF image', 'not an image')."""
+    from PIL import Image  # only on this refusal path; the server starts without Pillow
+
+    try:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+            kind = image.format or "unknown"
+    except Exception:  # only describing why it was refused: whatever Pillow raises means "not an image"
+        return f"its content is not an image (only {_ACCEPTED} are accepted, whatever the file name says)"
+    return f"it is a {kind} image, and only {_ACCEPTED} are accepted; convert it to PNG or JPEG first"
+
+
+def _upload_file_name(name: str | None, content_type: str) -> str:
+    """A portable basename whose extension matches the content, so fal serves it with the right type."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:80].rstrip(".-_")
+    return f"{stem or 'image'}.{IMAGE_EXTENSIONS[content_type]}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"

@@ -1,0 +1,99 @@
+"""All of fal-flux-mcp's configuration, read once from the environment and passed in from there.
+
+Nothing else in the package reads ``os.environ``: a test or an embedding application builds a
+``Settings`` with the values it wants, and the code under it sees only that object.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_output_dir() -> Path:
+    return Path(platformdirs.user_pictures_dir()) / "fal-flux-mcp"
+
+
+def _default_state_dir() -> Path:
+    state = Path(platformdirs.user_data_dir("fal-flux-mcp", appauthor=False))
+    # Until the rename the folder had the legacy name: keep using a journal that is already there, so the
+    # jobs it holds (some perhaps unfinished and paid for) are still followed.
+    legacy = Path(platformdirs.user_data_dir("flux-mcp", appauthor=False))
+    if not state.exists() and (legacy / "jobs.sqlite3").is_file():
+        return legacy
+    return state
+
+
+class Settings(BaseSettings):
+    """fal-flux-mcp's settings. Environment names are ``FLUX_MCP_<FIELD>``, except fal's own ``FAL_KEY*``."""
+
+    model_config = SettingsConfigDict(env_prefix="FLUX_MCP_", extra="ignore", populate_by_name=True)
+
+    fal_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FAL_KEY", "fal_key"),
+        description="fal API key, '<key_id>:<key_secret>'.",
+    )
+    fal_key_id: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FAL_KEY_ID", "fal_key_id")
+    )
+    fal_key_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("FAL_KEY_SECRET", "fal_key_secret")
+    )
+    fal_url: str | None = Field(
+        default=None,
+        description="One origin (e.g. http://127.0.0.1:8765) that replaces every fal host; unset: fal.",
+    )
+    wait_seconds: float = Field(
+        default=45.0,
+        gt=0,
+        le=3600,
+        description="How long generate_image waits before handing back a job id (under clients' ~60 s limit).",
+    )
+    output_dir: Path = Field(default_factory=_default_output_dir)
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    allowed_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Directories upload_file may read from, separated by the OS path separator.",
+    )
+    http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
+    preview_max_edge: int = Field(default=1024, ge=64, le=4096)
+    upload_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Level of the logs written to stderr."
+    )
+    retry_attempts: int = Field(
+        default=8, ge=1, le=20, description="Tries per fal request (see RetryPolicy)."
+    )
+    retry_base_delay: float = Field(default=0.1, ge=0, le=10, description="First backoff delay, seconds.")
+    retry_max_delay: float = Field(default=10.0, ge=0, le=60, description="Longest backoff delay, seconds.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allowed_dirs", mode="before")
+    @classmethod
+    def _split_path_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part).expanduser() for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("output_dir", "state_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def fal_credentials(self) -> str | None:
+        """The credential string for ``Authorization: Key ...``: ``FAL_KEY``, else ``FAL_KEY_ID:FAL_KEY_SECRET``."""
+        if self.fal_key is not None and self.fal_key.get_secret_value():
+            return self.fal_key.get_secret_value()
+        if self.fal_key_id is not None and self.fal_key_secret is not None:
+            return f"{self.fal_key_id.get_secret_value()}:{self.fal_key_secret.get_secret_value()}"
+        return None
