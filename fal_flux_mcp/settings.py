@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
     preview_max_edge: int = Field(default=1024, ge=64, le=4096)
     upload_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    allow_hard_links: bool = Field(
+        default=False,
+        description="Upload files that have more than one hard link. Off: a hard link inside an allowed "
+        "folder can name any file on the same filesystem.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Level of the logs written to stderr."
     )
