@@ -23,12 +23,18 @@ class _Server(uvicorn.Server):
         self.ready.set()
 
 
+def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
+    """A socket bound to a free port of ``host``, for an app that must know its port before serving."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, 0))
+    return sock
+
+
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Run ``app`` on 127.0.0.1 in a thread; yields its origin and always stops it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+def serve(app: ASGIApp, sock: socket.socket | None = None) -> Iterator[str]:
+    """Run ``app`` in a thread on ``sock`` (default: a free port of 127.0.0.1); yields its origin."""
+    sock = sock or bind_free_port()
+    host, port = sock.getsockname()[:2]
     server = _Server(
         uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=1, ws="none")
     )
@@ -47,7 +53,7 @@ def serve(app: ASGIApp) -> Iterator[str]:
     try:
         if not server.ready.wait(10) or failure or not server.started:
             raise RuntimeError(f"test server did not start: {failure!r}")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -63,7 +63,7 @@ async def test_enums_and_bounds_follow_fal(settings: Settings) -> None:
     assert "webhook_url" in tools["submit_job"].input_schema["properties"]
     assert "webhook_url" not in props
     check = tools["check_status"].input_schema["properties"]["wait_seconds"]
-    assert (check["minimum"], check["maximum"]) == (0, 45)
+    assert (check["minimum"], check["maximum"]) == (0, settings.wait_seconds)
 
 
 async def test_annotations_tell_clients_what_is_safe_to_auto_approve(settings: Settings) -> None:

@@ -20,9 +20,10 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
 from fal_flux_mcp.server import UnsafeBindError, build_server, http_app
+from fal_flux_mcp.server._http import HttpTransport
 from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
-from tests.serving import serve
+from tests.serving import bind_free_port, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +133,86 @@ async def test_dns_rebinding_protection_on_loopback(settings: Settings) -> None:
                 headers={"Host": "evil.example.com", "Accept": "application/json, text/event-stream"},
             )
     assert answer.status_code == 421
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "0"},
+    },
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
+
+
+def _loopback_available(host: str) -> bool:
+    try:
+        bind_free_port(host).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+@pytest.mark.parametrize("host", ["127.0.0.2", "127.42.0.1", "::1"])
+async def test_every_loopback_bind_refuses_rebound_hosts_and_origins(
+    settings: Settings, transport: HttpTransport, host: str
+) -> None:
+    if not _loopback_available(host):
+        pytest.skip(f"{host} cannot be bound here")
+    sock = bind_free_port(host)
+    port = sock.getsockname()[1]
+    path = "/mcp" if transport == "streamable-http" else "/sse"
+    own_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with serve(http_app(build_server(settings), transport, host=host, port=port), sock) as origin:
+        async with httpx.AsyncClient(base_url=origin) as http:
+
+            async def answer(headers: dict[str, str]) -> int:
+                if transport == "sse":  # a refusal is a plain answer; an accepted GET would open the stream
+                    async with http.stream("GET", path, headers=headers) as response:
+                        return response.status_code
+                return (await http.post(path, json=INITIALIZE, headers=MCP_HEADERS | headers)).status_code
+
+            assert await answer({"Host": "evil.example"}) == 421
+            assert await answer({"Host": f"evil.example:{port}"}) == 421
+            if host != "::1":  # 'localhost' names ::1 and 127.0.0.1, no other loopback address
+                assert await answer({"Host": f"localhost:{port}"}) == 421
+            assert await answer({"Origin": "http://evil.example"}) == 403
+            assert await answer({"Origin": f"http://{own_host.rsplit(':', 1)[0]}:{port + 1}"}) == 403
+        # The real address still works, for a real client, with the browser-style Origin too.
+        origin_headers = {"Origin": f"http://{own_host}"}
+        if transport == "sse":
+            factory = sse_client(f"{origin}/sse", headers=origin_headers)
+            async with Client(factory, mode="legacy") as client:
+                assert len((await client.list_tools()).tools) == 6
+        else:
+            http2 = httpx2.AsyncClient(headers=origin_headers)
+            async with http2, Client(streamable_http_client(f"{origin}/mcp", http_client=http2)) as client:
+                assert len((await client.list_tools()).tools) == 6
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_localhost_aliases_of_127_0_0_1_pass_only_on_the_served_port(
+    settings: Settings, transport: HttpTransport
+) -> None:
+    sock = bind_free_port("127.0.0.1")
+    port = sock.getsockname()[1]
+    with serve(http_app(build_server(settings), transport, port=port), sock) as origin:
+        async with httpx.AsyncClient(base_url=origin) as http:
+
+            async def answer(headers: dict[str, str]) -> int:
+                if transport == "sse":
+                    async with http.stream("GET", "/sse", headers=headers) as response:
+                        return response.status_code
+                return (await http.post("/mcp", json=INITIALIZE, headers=MCP_HEADERS | headers)).status_code
+
+            for alias in (f"127.0.0.1:{port}", f"localhost:{port}"):
+                assert await answer({"Host": alias, "Origin": f"http://{alias}"}) == 200
+            assert await answer({"Host": f"localhost:{port + 1}"}) == 421
+            assert await answer({"Origin": f"http://localhost:{port + 1}"}) == 403
 
 
 def test_binding_a_network_address_without_a_token_is_refused(settings: Settings) -> None:

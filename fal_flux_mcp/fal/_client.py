@@ -31,7 +31,7 @@ from fal_flux_mcp.fal._exceptions import (
 from fal_flux_mcp.fal._inputs import validate_input
 from fal_flux_mcp.fal._responses import json_body
 from fal_flux_mcp.fal._retry import RetryPolicy
-from fal_flux_mcp.fal._storage import MiB, Uploader
+from fal_flux_mcp.fal._storage import HasFileno, MiB, Uploader
 from fal_flux_mcp.fal._transport import FalTransport
 from fal_flux_mcp.fal._types import CancelResult, QueueHandle, QueueStatus
 from fal_flux_mcp.fal._urls import EndpointId, FalHosts, without_query
@@ -338,8 +338,28 @@ class FalClient:
     async def upload_file(
         self, path: str | Path, *, content_type: str | None = None, file_name: str | None = None
     ) -> str:
-        """Upload a local file to fal's storage (streamed from disk) and return its URL."""
+        """Upload a local file to fal's storage (streamed from disk) and return its URL.
+
+        A file checked beforehand should be opened by the checker and given to ``upload_from_file``.
+        """
         return await self._uploader.upload_file(path, content_type=content_type, file_name=file_name)
+
+    async def upload_from_file(
+        self,
+        file: int | HasFileno,
+        *,
+        file_name: str,
+        content_type: str | None = None,
+        size: int | None = None,
+    ) -> str:
+        """Upload from an open file (a descriptor or anything with ``fileno()``) and return its URL.
+
+        Nothing is opened by name, so what is sent is the very file the caller opened (and checked),
+        even if its name is repointed meanwhile. It is read by position and left open for the caller.
+        """
+        return await self._uploader.upload_from_file(
+            file, content_type=content_type, file_name=file_name, size=size
+        )
 
     async def upload_bytes(self, data: bytes, *, content_type: str, file_name: str | None = None) -> str:
         """Upload bytes to fal's storage and return their URL."""

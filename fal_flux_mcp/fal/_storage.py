@@ -4,16 +4,24 @@ The routes are fal's own client's (``fal_client``'s storage upload): a CDN token
 the multipart threshold or a multipart upload above it, and the older initiate-and-PUT route as the
 fallback when the CDN route fails. Files are streamed from disk: a large file is never held in memory
 whole, only one part per parallel upload slot.
+
+A file is uploaded from an open descriptor, read by position (``pread``) in worker threads, and never
+opened again by name: what goes to fal's public CDN is the file the caller opened (and checked), even
+if its name is made to point elsewhere while a request waits, and parallel parts read their own ranges
+of the one descriptor without sharing a file position.
 """
 
 from __future__ import annotations
 
 import logging
 import mimetypes
+import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -31,6 +39,32 @@ logger = logging.getLogger("fal_flux_mcp.fal")
 MiB = 1024 * 1024
 _READ_CHUNK = 256 * 1024
 _TOKEN_MARGIN = timedelta(seconds=30)
+#: Serialises seek + read where the OS has no ``pread`` (Windows), so concurrent parts stay positional.
+_SEEK_LOCK = threading.Lock()
+
+
+class HasFileno(Protocol):
+    """An open file: anything with ``fileno()`` (a file object, or ``LocalImage``-like owners of one)."""
+
+    def fileno(self) -> int: ...
+
+
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` of ``fd``, short only at the end of the file; blocking."""
+    chunks: list[bytes] = []
+    while length > 0:
+        if hasattr(os, "pread"):
+            chunk = os.pread(fd, length, offset)
+        else:  # pragma: no cover - Windows
+            with _SEEK_LOCK:
+                os.lseek(fd, offset, os.SEEK_SET)
+                chunk = os.read(fd, length)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +81,12 @@ class _Token:
 
 @dataclass(frozen=True, slots=True)
 class _Source:
-    """What to upload: a file on disk or bytes in memory, readable in ranges."""
+    """What to upload: an open file descriptor or bytes in memory, readable in ranges."""
 
     size: int
     content_type: str
     file_name: str
-    path: Path | None = None
+    fd: int | None = None
     data: bytes | None = None
 
     def reader(self, offset: int = 0, length: int | None = None) -> Callable[[], AsyncIterator[bytes]]:
@@ -60,26 +94,21 @@ class _Source:
         end = self.size if length is None else min(self.size, offset + length)
 
         async def chunks() -> AsyncIterator[bytes]:
-            if self.data is not None:
-                for start in range(offset, end, _READ_CHUNK):
-                    yield self.data[start : min(end, start + _READ_CHUNK)]
-                return
-            assert self.path is not None
-            async with await anyio.open_file(self.path, "rb") as handle:
-                await handle.seek(offset)
-                remaining = end - offset
-                while remaining > 0:
-                    chunk = await handle.read(min(_READ_CHUNK, remaining))
-                    if not chunk:
-                        raise UploadError(f"{self.path} shrank while it was being uploaded")
-                    remaining -= len(chunk)
-                    yield chunk
+            for start in range(offset, end, _READ_CHUNK):
+                yield await self.read(start, min(end, start + _READ_CHUNK) - start)
 
         return chunks
 
     async def read(self, offset: int, length: int) -> bytes:
-        parts = [chunk async for chunk in self.reader(offset, length)()]
-        return b"".join(parts)
+        """Exactly ``length`` bytes at ``offset``; a file that shrank since its size was taken is an error."""
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        assert self.fd is not None
+        # Not abandoned on cancellation: the caller closes the descriptor only once no read is using it.
+        data = await anyio.to_thread.run_sync(read_range, self.fd, offset, length)
+        if len(data) != length:
+            raise UploadError(f"{self.file_name} shrank while it was being uploaded")
+        return data
 
 
 class Uploader:
@@ -104,12 +133,32 @@ class Uploader:
     async def upload_file(
         self, path: str | Path, *, content_type: str | None = None, file_name: str | None = None
     ) -> str:
-        """Upload a local file, streamed from disk."""
+        """Upload a local file, streamed from disk; it is opened once, and closed whatever happens."""
         file = Path(path)
-        size = (await anyio.Path(file).stat()).st_size
-        name = file_name or file.name
-        guessed = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return await self._upload(_Source(size=size, content_type=guessed, file_name=name, path=file))
+        with anyio.CancelScope(shield=True):  # a cancelled open would leave its descriptor to the GC
+            handle = await anyio.to_thread.run_sync(file.open, "rb", 0)
+        with handle:
+            return await self.upload_from_file(
+                handle, content_type=content_type, file_name=file_name or file.name
+            )
+
+    async def upload_from_file(
+        self,
+        file: int | HasFileno,
+        *,
+        content_type: str | None = None,
+        file_name: str,
+        size: int | None = None,
+    ) -> str:
+        """Upload the first ``size`` bytes (default: all) of an open file; the caller keeps and closes it.
+
+        Reads are positional, so the file's own position is neither used nor moved.
+        """
+        fd = file if isinstance(file, int) else file.fileno()
+        if size is None:
+            size = os.fstat(fd).st_size
+        guessed = content_type or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+        return await self._upload(_Source(size=size, content_type=guessed, file_name=file_name, fd=fd))
 
     async def upload_bytes(self, data: bytes, *, content_type: str, file_name: str | None = None) -> str:
         """Upload bytes already in memory (a decoded data URI, say)."""

@@ -17,20 +17,22 @@ import anyio
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
-from mcp.types import Resource
-from pydantic import AnyUrl
+from mcp.types import CallToolResult, InputRequiredResult, Resource, TextContent
+from pydantic import AnyUrl, BaseModel
 
 from fal_flux_mcp._version import __version__
+from fal_flux_mcp.server._arguments import check_arguments
 from fal_flux_mcp.server._images import sniff_content_type
-from fal_flux_mcp.server._jobs import JobService, image_name, image_uri, job_uri
+from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.server._schemas import image_name, image_uri, job_uri
 from fal_flux_mcp.settings import Settings
 
 logger = logging.getLogger("fal_flux_mcp.server")
 
 INSTRUCTIONS = """\
 fal-flux-mcp makes images with fal.ai's FLUX models.
-- generate_image waits up to about 45 s and returns the images (previews you can see, URLs, saved file
+- generate_image waits up to {wait_seconds} s and returns the images (previews you can see, URLs, saved file
   paths). If it answers with status 'in_progress' or 'queued', call check_status with its job_id.
 - For long or many jobs, submit_job returns at once; follow with check_status, stop with cancel_job.
 - To use a local picture as input (Redux variations, Kontext edits, ultra image prompts), pass its path
@@ -59,6 +61,23 @@ class FluxServer(MCPServer[AppState]):
         super().__init__(subscriptions=self.bus, **kwargs)
         self.flux_settings = settings
         self.state: AppState | None = None
+        #: Each tool's pydantic input model, checked before the SDK sees a call.
+        self.argument_models: dict[str, type[BaseModel]] = {}
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """Refuse a call whose arguments are unknown or invalid, in words, before any of it runs.
+
+        The SDK would drop an unknown argument silently (and the job would be paid for with the
+        defaults) and report a bad value in pydantic's words; every tool's call passes here first.
+        """
+        model = self.argument_models.get(name)
+        problem = check_arguments(name, model, arguments) if model is not None else None
+        if problem is not None:
+            logger.info("tool %s refused arguments %s", name, sorted(arguments))
+            return CallToolResult(content=[TextContent(text=problem)], is_error=True)
+        return await super().call_tool(name, arguments, context)
 
     async def list_resources(self) -> list[Resource]:
         resources = await super().list_resources()
@@ -125,6 +144,8 @@ def build_server(settings: Settings | None = None) -> FluxServer:
             server.state = state
             for record in journal.unfinished():
                 jobs.follow_in_background(record)
+            for record in journal.pending_saves():
+                jobs.save_in_background(record)
             try:
                 yield state
             finally:
@@ -139,7 +160,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         name="fal-flux-mcp",
         title="FLUX images (fal.ai)",
         version=__version__,
-        instructions=INSTRUCTIONS,
+        instructions=INSTRUCTIONS.format(wait_seconds=f"{settings.wait_seconds:g}"),
         log_level=settings.log_level,
         website_url="https://fal.ai/models/fal-ai/flux-pro/v1.1-ultra",
         lifespan=lifespan,

@@ -19,6 +19,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
+from fal_flux_mcp.server._arguments import describe_validation_error
+
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
@@ -52,8 +54,8 @@ def flat_arguments(
             extra = {name: kwargs.pop(name) for name in list(kwargs) if name in passthrough_names}
             try:
                 params = model.model_validate(kwargs)
-            except PydanticValidationError as exc:  # the SDK validated already; this guards cross-field rules
-                raise ToolError(str(exc)) from exc
+            except PydanticValidationError as exc:  # checked before the call already; kept as a guard
+                raise ToolError(describe_validation_error(exc, model)) from None
             return await fn(params=params, **extra)
 
         return_annotation = hints.get("return", original.return_annotation)

@@ -1,8 +1,13 @@
 """Serving the MCP server over HTTP (Streamable HTTP, or the older SSE) safely by default.
 
-It binds 127.0.0.1 with the SDK's DNS-rebinding protection. ``FLUX_MCP_HTTP_TOKEN`` makes every request
-need ``Authorization: Bearer <token>``, and binding any other address without a token is refused: an
-open image server on a network spends the owner's fal credit for anyone who finds it.
+It binds 127.0.0.1 by default. On every loopback bind (127.0.0.0/8, ::1, localhost) the SDK's
+DNS-rebinding protection only accepts the ``Host`` and ``Origin`` this very address and port are reached
+by: a web page whose own name was made to resolve to 127.x can then not drive the server from the
+user's browser. ``FLUX_MCP_HTTP_TOKEN`` makes every request need ``Authorization: Bearer <token>``, and
+binding any other address without a token is refused: an open image server on a network spends the
+owner's fal credit for anyone who finds it. There the token is the protection, and the Host is not
+checked: a browser never sends the token on its own, so a rebound page cannot use the server, while the
+names a network server is reached by (DNS names, proxies) are not knowable here.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 from typing import Literal
 
 import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fal_flux_mcp.server._app import FluxServer
@@ -69,22 +75,58 @@ class BearerTokenMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def http_app(server: FluxServer, transport: HttpTransport, *, host: str = "127.0.0.1") -> ASGIApp:
-    """The ASGI app for ``transport``, behind the bearer check when a token is configured."""
+def loopback_security(host: str, port: int | None) -> TransportSecuritySettings:
+    """DNS-rebinding protection for a loopback bind: the ``Host``/``Origin`` values it is reached by.
+
+    Only names that reach this address count: ``localhost`` for 127.0.0.1 and ::1 (and both of those
+    for ``localhost``), never for 127.0.0.2, which no name but itself reaches. Without a ``port`` (an
+    app built before its socket is bound) any port of those names is accepted, as the SDK does.
+    """
+    address = host.strip("[]")
+    if address == "localhost":
+        names = ["localhost", "127.0.0.1", "[::1]"]
+    elif address in ("127.0.0.1", "::1"):
+        names = [f"[{address}]" if ":" in address else address, "localhost"]
+    else:
+        names = [f"[{address}]" if ":" in address else address]
+    ports = [str(port)] if port else ["*"]  # 0: the OS picks the port, unknown here
+    hosts = [f"{name}:{p}" for name in names for p in ports]
+    if port == 80:  # browsers leave the default port out of Host and Origin
+        hosts += names
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"http://{allowed}" for allowed in hosts],
+    )
+
+
+def http_app(
+    server: FluxServer, transport: HttpTransport, *, host: str = "127.0.0.1", port: int | None = None
+) -> ASGIApp:
+    """The ASGI app for ``transport``, behind the bearer check when a token is configured.
+
+    ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback.
+    """
     token = server.flux_settings.http_token.get_secret_value() if server.flux_settings.http_token else None
-    if not token and not is_loopback(host):
+    loopback = is_loopback(host)
+    if not token and not loopback:
         raise UnsafeBindError(
             f"Refusing to serve on {host} without a token: anyone who can reach it could spend your fal "
             "credit. Set FLUX_MCP_HTTP_TOKEN, or bind 127.0.0.1."
         )
+    security = (
+        loopback_security(host, port)
+        if loopback
+        else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    )
     if transport == "sse":
-        app: ASGIApp = server.sse_app(host=host)
+        app: ASGIApp = server.sse_app(host=host, transport_security=security)
     else:
-        app = server.streamable_http_app(host=host)
+        app = server.streamable_http_app(host=host, transport_security=security)
     return BearerTokenMiddleware(app, token) if token else app
 
 
 def serve_http(server: FluxServer, transport: HttpTransport, *, host: str, port: int) -> None:
     """Serve until interrupted (blocking)."""
-    app = http_app(server, transport, host=host)
+    app = http_app(server, transport, host=host, port=port)
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")

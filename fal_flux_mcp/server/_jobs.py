@@ -8,9 +8,7 @@ MCP tools are thin on top of it; it knows the fal client's API but not HTTP, and
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -32,18 +30,16 @@ from fal_flux_mcp.fal import (
     ValidationError,
     validate_input,
 )
-from fal_flux_mcp.models import FalInput, FluxOutput, image_size_for_aspect_ratio
+from fal_flux_mcp.models import FalInput, image_size_for_aspect_ratio
 from fal_flux_mcp.registry import MODELS, ModelInfo
 from fal_flux_mcp.server._images import (
     Preview,
-    image_dimensions,
-    make_preview_async,
-    preview_budget,
-    save_image,
 )
 from fal_flux_mcp.server._journal import JobRecord, Journal
-from fal_flux_mcp.server._schemas import GenerationParams, ImageInfo, JobResult, JobState
-from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, resolve_local_image
+from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
+from fal_flux_mcp.server._saving import ImageSaver
+from fal_flux_mcp.server._schemas import GenerationParams, JobResult, JobState
+from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,6 +53,9 @@ StatusCallback = Callable[[QueueStatus], Awaitable[None]]
 AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
 #: How long a background follower keeps watching a job the client stopped waiting for.
 _FOLLOW_SECONDS = 6 * 3600
+#: The first wait before saving an image again, and the longest (a full disk may take a while to clear).
+_SAVE_RETRY_FIRST = 1.0
+_SAVE_RETRY_MAX = 300.0
 #: Data URIs larger than this are uploaded rather than sent inline in the request body.
 _INLINE_DATA_URI_BYTES = 256 * 1024
 
@@ -79,21 +78,6 @@ def tool_fields_for(model: ModelInfo) -> list[str]:
     return [name for name in GenerationParams.model_fields if name in taken]
 
 
-def job_uri(job_id: str) -> str:
-    """The MCP resource of a job."""
-    return f"flux://jobs/{job_id}"
-
-
-def image_uri(job_id: str, index: int) -> str:
-    """The MCP resource of one of a job's images."""
-    return f"flux://images/{job_id}/{index}"
-
-
-def image_name(job_id: str, index: int, path: str | None) -> str:
-    """What a client shows for an image resource: the saved file's name, else the job and index."""
-    return Path(path).name if path else f"{job_id}-{index}"
-
-
 @dataclass(frozen=True, slots=True)
 class JobView:
     """A job as the tools show it: the structured result, and previews once it completed."""
@@ -110,9 +94,9 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
-        # Previews decode megapixels; more at once than there are cores only adds memory and contention.
-        self._image_work = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.saver = ImageSaver(settings, lambda: self.fal)
         self._following: set[str] = set()
+        self._saving: set[str] = set()
         self.task_group: TaskGroup | None = None
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
 
@@ -200,17 +184,20 @@ class JobService:
             return await self.fal.upload_bytes(
                 decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
             )
+        settings = self.settings
         try:
-            local = await anyio.to_thread.run_sync(
-                functools.partial(
-                    resolve_local_image, value, await allowed_dirs(), self.settings.upload_max_bytes
-                )
+            local = await open_local_image(
+                value,
+                await allowed_dirs(),
+                settings.upload_max_bytes,
+                allow_hard_links=settings.allow_hard_links,
             )
         except UploadRefused as exc:
             raise JobError(f"image_url: {exc}") from None
-        return await self.fal.upload_file(
-            local.path, content_type=local.content_type, file_name=local.file_name
-        )
+        with local:
+            return await self.fal.upload_from_file(
+                local, size=local.size, content_type=local.content_type, file_name=local.file_name
+            )
 
     # ------------------------------------------------------------------------------- submit, follow
 
@@ -336,8 +323,7 @@ class JobService:
 
     async def finish(self, job_id: str) -> JobRecord:
         """Fetch the result of a COMPLETED job, save its images and journal the result, once per job."""
-        lock = self._locks.setdefault(job_id, anyio.Lock())
-        async with lock:
+        async with self._lock(job_id):
             record = self.get(job_id)
             if record.is_terminal:
                 return record
@@ -357,107 +343,83 @@ class JobService:
                 return record
             if output is None:
                 return record
-            images = await self._save_all(record, output)
+            images = await self.saver.save_all(record, output)
             finished = record.model_copy(update={"completed_at": datetime.now(UTC)})
-            result = self._result(finished, "completed", images, output=output)
+            result = job_result(finished, "completed", images, self.settings, output=output)
             record = self.journal.update(
                 job_id,
                 status="completed",
                 result=result.model_dump(mode="json"),
                 queue_position=None,
                 completed_at=finished.completed_at,
+                pending_save=has_pending_saves(images),
             )
-            await self._finished(record)
-            return record
+        await self._finished(record)
+        if record.pending_save:
+            self.save_in_background(record)
+        return record
+
+    def _lock(self, job_id: str) -> anyio.Lock:
+        return self._locks.setdefault(job_id, anyio.Lock())
 
     async def _finished(self, record: JobRecord) -> None:
-        self._locks.pop(record.job_id, None)
         if self.on_finished is not None:
             try:
                 await self.on_finished(record)
             except Exception:  # a notification must never turn a finished job into an error
                 logger.exception("on_finished failed for %s", record.job_id)
 
-    async def _save_all(self, record: JobRecord, output: FluxOutput) -> list[ImageInfo]:
-        budget = preview_budget(max(1, len(output.images)))
-        infos: list[ImageInfo | None] = [None] * len(output.images)
+    async def retry_saves(self, record: JobRecord) -> JobRecord:
+        """Try once more to save a completed job's unsaved images; the job as now journalled."""
+        async with self._lock(record.job_id):
+            record = self.get(record.job_id)
+            if not record.pending_save or not record.result:
+                return record
+            stored = JobResult.model_validate(record.result)
+            images = await self.saver.retry(record, stored.images)
+            result = stored.model_copy(
+                update={
+                    "images": images,
+                    "message": message(record, "completed", images, self.settings),
+                }
+            )
+            record = self.journal.update(
+                record.job_id, result=result.model_dump(mode="json"), pending_save=has_pending_saves(images)
+            )
+        if not record.pending_save:
+            logger.info("saved the remaining images of %s", record.job_id)
+            await self._finished(record)
+        return record
 
-        async def save_one(index: int) -> None:
-            infos[index] = await self._save_one(record, output, index, budget)
+    def save_in_background(self, record: JobRecord) -> None:
+        """Keep retrying a job's unsaved images, backing off, until they are saved or fal's URL is gone."""
+        if self.task_group is None or record.job_id in self._saving:
+            return
+        self._saving.add(record.job_id)
+        self.task_group.start_soon(self._keep_saving, record, name=f"save {record.job_id}")
 
-        async with anyio.create_task_group() as group:
-            for index in range(len(output.images)):
-                group.start_soon(save_one, index)
-        return [info for info in infos if info is not None]
-
-    async def _save_one(self, record: JobRecord, output: FluxOutput, index: int, budget: int) -> ImageInfo:
-        image = output.images[index]
-        nsfw = index < len(output.has_nsfw_concepts) and output.has_nsfw_concepts[index]
-        path: Path | None = None
-        width, height, content_type = image.width, image.height, image.content_type
+    async def _keep_saving(self, record: JobRecord) -> None:
+        delay = _SAVE_RETRY_FIRST
         try:
-            data = await self.fal.download(image.url)
-            if width is None or height is None:
-                width, height, content_type = image_dimensions(data)
-            path = await anyio.to_thread.run_sync(
-                functools.partial(
-                    save_image,
-                    data,
-                    output_dir=self.settings.output_dir,
-                    job_id=record.job_id,
-                    index=index,
-                    prompt=record.prompt,
-                    endpoint_id=record.endpoint_id,
-                    seed=output.seed,
-                    content_type=content_type,
-                    created_at=record.created_at,
-                )
-            )
-            preview = await make_preview_async(
-                data, max_edge=self.settings.preview_max_edge, max_bytes=budget, limiter=self._image_work
-            )
-            await anyio.Path(self._preview_path(record.job_id, index)).parent.mkdir(
-                parents=True, exist_ok=True
-            )
-            await anyio.Path(self._preview_path(record.job_id, index)).write_bytes(preview.data)
-        except (FalError, OSError, ValueError) as exc:
-            # The job is paid and its URL is good for days: report the image without a local copy.
-            logger.warning("could not save image %d of %s: %s", index, record.job_id, exc)
-        return ImageInfo(
-            index=index,
-            url=image.url if not image.url.startswith("data:") else f"data:{content_type};base64,…",
-            path=str(path) if path else None,
-            resource_uri=image_uri(record.job_id, index),
-            width=width,
-            height=height,
-            content_type=content_type,
-            nsfw=nsfw,
-        )
-
-    def _preview_path(self, job_id: str, index: int) -> Path:
-        safe = "".join(c for c in job_id if c.isalnum() or c in "-_")
-        return self.settings.state_dir / "previews" / f"{safe}-{index}.jpg"
+            while record.pending_save:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _SAVE_RETRY_MAX)
+                record = await self.retry_saves(record)
+        except Exception:  # it runs in the server's task group: a failure here must not stop the server
+            logger.exception("stopped retrying the saves of %s", record.job_id)
+        finally:
+            self._saving.discard(record.job_id)
 
     async def previews(self, record: JobRecord) -> list[Preview]:
         """The previews made when the job finished (an image whose preview is missing is skipped)."""
-        result = record.result or {}
-        found: list[Preview] = []
-        for image in result.get("images", []) or []:
-            if not isinstance(image, dict):
-                continue
-            path = anyio.Path(self._preview_path(record.job_id, int(image.get("index", 0))))
-            try:
-                data = await path.read_bytes()
-            except OSError:
-                continue
-            width, height, mime_type = image_dimensions(data)
-            found.append(Preview(data=data, width=width, height=height, mime_type=mime_type))
-        return found
+        if not record.result:
+            return []
+        return await self.saver.previews(record.job_id, JobResult.model_validate(record.result).images)
 
     # ------------------------------------------------------------------------------------ cancelling
 
     async def cancel(self, job_id: str) -> tuple[JobRecord, bool, str]:
-        """Cancel on fal. Returns the job, whether the cancel was accepted, and what happened.
+        """Cancel on fal. Returns the job, whether the cancel was accepted, and what happened, in words.
 
         The job is journalled as cancelled only when fal says so: a running job that fal could not
         stop still completes, is paid for, and its images are saved like any other's.
@@ -465,22 +427,78 @@ class JobService:
         record = self.get(job_id)
         if record.is_terminal:
             return record, False, f"The job had already finished ({record.status}); nothing to cancel."
+        before = await self.fal.status(self.handle(record))
+        if before.done:
+            record = await self.finish(job_id)
+            return record, False, f"The job had already finished ({record.status}); nothing to cancel."
+        was_running = before.status == "IN_PROGRESS"
         answer = await self.fal.cancel(self.handle(record))
         if not answer.accepted:
             record = await self.finish(job_id)
-            return record, False, f"The job had already finished ({record.status}); fal did not cancel it."
+            return record, False, f"The job finished ({record.status}) before the cancel reached it."
         record, _ = await self.poll(record)
         if record.status == "cancelled":
-            return record, True, "Cancelled. A queued job is never run or charged."
+            if was_running:
+                return (
+                    record,
+                    True,
+                    (
+                        "Stopped while it was running on fal. No images were made; fal may still bill the "
+                        "time it had already run."
+                    ),
+                )
+            return record, True, "Cancelled while it was still queued: it never ran and costs nothing."
         if record.is_terminal:
             return record, False, f"The job finished ({record.status}) before the cancel reached it."
         self.follow_in_background(record)
+        if was_running:
+            return (
+                record,
+                True,
+                (
+                    "The job was already running, so fal was asked to stop it; a running job stops only if "
+                    "the model allows it. If it finishes anyway it is paid for and its images are saved; "
+                    "check_status shows the outcome."
+                ),
+            )
         return (
             record,
             True,
-            "Cancellation requested: fal stops a running job if it still can. If it finishes anyway, its "
-            "images are saved; check_status shows the outcome.",
+            ("Cancellation requested while the job was queued; check_status shows when fal confirms it."),
         )
+
+    async def stop_waiting(self, record: JobRecord) -> None:
+        """The client gave up on a call that was waiting for ``record``: cancel the job only if free.
+
+        A queued job is cancelled: it never runs, so it costs nothing. A running job is paid for
+        whatever happens now, so it is kept, followed in the background and its images saved. Agent
+        frameworks cancel slow calls on their own (openai-agents after 5 s by default), which must not
+        throw away an image the user is paying for.
+        """
+        record = self.get(record.job_id)
+        if record.is_terminal:
+            return
+        try:
+            status = await self.fal.status(self.handle(record))
+            queued = status.status == "IN_QUEUE"
+        except FalError as exc:  # cannot tell: go by the last state fal reported
+            logger.info("could not ask fal about %s before cancelling: %s", record.job_id, exc)
+            queued = record.status == "queued"
+        if queued:
+            try:
+                await self.fal.cancel(self.handle(record))
+                logger.info("the client stopped waiting; cancelled queued job %s on fal", record.job_id)
+            except FalError as exc:
+                logger.warning("the client stopped waiting; could not cancel job %s: %s", record.job_id, exc)
+        else:
+            logger.info(
+                "the client stopped waiting, but job %s is already running on fal and is paid for: it "
+                "is kept and its images will be saved to %s (check_status job_id %s)",
+                record.job_id,
+                self.settings.output_dir,
+                record.job_id,
+            )
+        self.follow_in_background(record)
 
     # ------------------------------------------------------------------------------------- describing
 
@@ -488,38 +506,7 @@ class JobService:
         self, record: JobRecord, *, logs: list[str] | None = None, waited: float | None = None
     ) -> JobResult:
         """The structured view of a job in any state; a completed job's stored result is served as built."""
-        if record.status == "completed" and record.result:
-            result = JobResult.model_validate(record.result)
-            return result.model_copy(update={"logs": logs}) if logs else result
-        return self._result(record, record.status, [], logs=logs, waited=waited)
-
-    def _result(
-        self,
-        record: JobRecord,
-        status: JobState,
-        images: list[ImageInfo],
-        *,
-        output: FluxOutput | None = None,
-        logs: list[str] | None = None,
-        waited: float | None = None,
-    ) -> JobResult:
-        seed = output.seed if output is not None else record.arguments.get("seed")
-        return JobResult(
-            job_id=record.job_id,
-            status=status,
-            model=record.endpoint_id,
-            prompt=(output.prompt if output is not None and output.prompt else record.prompt),
-            seed=seed if isinstance(seed, int) else None,
-            cost_usd=record.cost_usd,
-            images=images,
-            queue_position=record.queue_position if status == "queued" else None,
-            resource_uri=job_uri(record.job_id),
-            message=_message(record, status, images, waited),
-            error=record.error,
-            logs=logs or None,
-            created_at=record.created_at,
-            completed_at=record.completed_at,
-        )
+        return describe(record, self.settings, logs=logs, waited=waited)
 
 
 def _journal_arguments(fal_input: FalInput) -> dict[str, Any]:
@@ -529,31 +516,3 @@ def _journal_arguments(fal_input: FalInput) -> dict[str, Any]:
     if isinstance(image_url, str) and image_url.startswith("data:"):
         arguments["image_url"] = f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"
     return arguments
-
-
-def _message(record: JobRecord, status: JobState, images: list[ImageInfo], waited: float | None) -> str:
-    if status == "completed":
-        saved = [i.path for i in images if i.path]
-        flagged = sum(1 for i in images if i.nsfw)
-        text = f"Generated {len(images)} image(s)"
-        text += (
-            f", saved to {', '.join(saved)}." if saved else "; they could not be saved locally, use the URLs."
-        )
-        if flagged:
-            text += f" {flagged} image(s) were flagged NSFW by fal and are blacked out; rephrase to avoid it."
-        return text
-    if status == "failed":
-        return f"The job failed: {record.error}"
-    if status == "cancelled":
-        return "The job was cancelled."
-    where = "is queued" + (
-        f" at position {record.queue_position}" if record.queue_position is not None else ""
-    )
-    if status == "in_progress":
-        where = "is running"
-    if waited is not None:
-        return (
-            f"The job {where} after {waited:.0f} s and continues on fal; nothing is lost. Call check_status "
-            f"with job_id '{record.job_id}' (wait_seconds up to 45) to get the images."
-        )
-    return f"The job {where}. Call check_status with job_id '{record.job_id}' to follow it."

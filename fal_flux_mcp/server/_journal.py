@@ -31,7 +31,7 @@ JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
 _JSON_FIELDS = frozenset({"arguments", "result"})
@@ -66,6 +66,9 @@ class JobRecord(BaseModel):
     created_at: AwareDatetime = Field(default_factory=_now)
     updated_at: AwareDatetime = Field(default_factory=_now)
     completed_at: AwareDatetime | None = None
+    pending_save: bool = Field(
+        default=False, description="A completed job with an image not saved yet: saving is retried."
+    )
 
     @field_validator("created_at", "updated_at", "completed_at")
     @classmethod
@@ -139,7 +142,12 @@ class Journal:
                 if version < 1:
                     for statement in _SCHEMA:
                         self._db.execute(statement)
-                # Future migrations: `if version < 2: ...` here, each followed by the new user_version.
+                if version < 2:  # saves that failed are retried: find those jobs without reading all
+                    self._db.execute("ALTER TABLE jobs ADD COLUMN pending_save INTEGER NOT NULL DEFAULT 0")
+                    self._db.execute(
+                        "CREATE INDEX jobs_pending_save ON jobs (pending_save) WHERE pending_save"
+                    )
+                # Further migrations: `if version < 3: ...` here.
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -239,6 +247,14 @@ class Journal:
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, rowid"
+            ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def pending_saves(self) -> list[JobRecord]:
+        """Completed jobs with an image still to save, oldest first: retried after a restart."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE pending_save ORDER BY created_at, rowid"
             ).fetchall()
         return [_from_row(row) for row in rows]
 

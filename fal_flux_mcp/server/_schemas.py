@@ -9,6 +9,7 @@ its plain type without ``null`` and means "the model's default"; the model's own
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -127,18 +128,40 @@ JobId = Annotated[
 
 
 class StatusParams(BaseModel):
-    """``check_status``'s input."""
+    """``check_status``'s input; ``status_params`` gives the class with this server's wait limit."""
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: JobId
     wait_seconds: float = Field(
-        default=0,
-        ge=0,
-        le=45,
-        description="Wait up to this long (0-45 s) for the job to finish before answering.",
+        default=0, ge=0, description="Wait up to this long for the job to finish before answering."
     )
     include_logs: bool = Field(default=False, description="Include fal's log lines.")
+
+
+def status_params(max_wait: float) -> type[StatusParams]:
+    """``StatusParams`` whose ``wait_seconds`` is bounded, and described, by ``FLUX_MCP_WAIT_SECONDS``.
+
+    A bound that the schema states and the server enforces: a larger value is an error that says the
+    limit, never a shorter wait than the caller asked for without a word.
+    """
+
+    class CappedStatusParams(StatusParams):
+        wait_seconds: float = Field(
+            default=0,
+            ge=0,
+            le=max_wait,
+            description=f"Wait up to this long (0-{max_wait:g} s, this server's limit) for the job to "
+            "finish before answering.",
+        )
+
+    return CappedStatusParams
+
+
+class NoParams(BaseModel):
+    """The input of a tool that takes no arguments (any argument given is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class CancelParams(BaseModel):
@@ -167,17 +190,49 @@ class UploadParams(BaseModel):
         return self
 
 
+def job_uri(job_id: str) -> str:
+    """The MCP resource of a job."""
+    return f"flux://jobs/{job_id}"
+
+
+def image_uri(job_id: str, index: int) -> str:
+    """The MCP resource of one of a job's images."""
+    return f"flux://images/{job_id}/{index}"
+
+
+def image_name(job_id: str, index: int, path: str | None) -> str:
+    """What a client shows for an image resource: the saved file's name, else the job and index."""
+    return Path(path).name if path else f"{job_id}-{index}"
+
+
+SaveState: TypeAlias = Literal["saved", "pending", "gone"]
+
+
 class ImageInfo(BaseModel):
     """One finished image: where it is on fal, where it was saved, and how to read it as a resource."""
 
     index: int = Field(description="Position of the image in the job, from 0.")
     url: str = Field(description="The image on fal's CDN (public, kept by fal for at least 7 days).")
-    path: str | None = Field(description="Absolute path of the saved file; null if saving failed.")
+    path: str | None = Field(description="Absolute path of the saved file; null until it is saved.")
+    save_state: SaveState = Field(
+        default="saved",
+        description="saved; pending (not saved yet, retried until it is); gone (fal's URL no longer "
+        "answers, so it can never be saved).",
+    )
+    save_error: str | None = Field(default=None, description="Why the file is not saved, when it is not.")
     resource_uri: str = Field(description="MCP resource with the full-resolution bytes.")
     width: int | None = Field(description="Width in pixels.")
     height: int | None = Field(description="Height in pixels.")
     content_type: str = Field(description="MIME type of the image.")
     nsfw: bool = Field(description="True when fal's checker flagged the image and blacked it out.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsaved_before_retries(cls, data: Any) -> Any:
+        # Results journalled before saves were retried have no save_state: no path meant "failed".
+        if isinstance(data, dict) and "save_state" not in data and data.get("path") is None:
+            return {**data, "save_state": "pending"}
+        return data
 
 
 class JobResult(BaseModel):
@@ -224,7 +279,7 @@ class ModelSummary(BaseModel):
     title: str = Field(description="Product name.")
     task: str = Field(description="text-to-image, image-variation or image-edit.")
     description: str = Field(description="What it is good for.")
-    parameters: list[str] = Field(description="fal input fields it accepts.")
+    parameters: list[str] = Field(description="The generate_image / submit_job arguments it takes.")
     requires_image: bool = Field(description="Whether image_url is required.")
     price_usd: float = Field(description="List price per unit.")
     price_unit: str = Field(description="'image' or 'megapixel' (rounded up per image).")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -28,12 +29,13 @@ from mcp.types import (
     TextContent,
     ToolAnnotations,
 )
+from pydantic import BaseModel
 
 from fal_flux_mcp.fal import FalError, QueueStatus
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._flat import flat_arguments
-from fal_flux_mcp.server._jobs import JobError, image_name, job_uri
+from fal_flux_mcp.server._jobs import JobError, tool_fields_for
 from fal_flux_mcp.server._journal import JobRecord
 from fal_flux_mcp.server._schemas import (
     CancelParams,
@@ -42,12 +44,16 @@ from fal_flux_mcp.server._schemas import (
     JobResult,
     ModelList,
     ModelSummary,
+    NoParams,
     StatusParams,
     SubmitParams,
     UploadParams,
     UploadResult,
+    image_name,
+    job_uri,
+    status_params,
 )
-from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, resolve_local_image, roots_to_dirs
+from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image, roots_to_dirs
 
 logger = logging.getLogger("fal_flux_mcp.server")
 
@@ -192,17 +198,38 @@ def _with_hint(error: str | None) -> str:
     return text
 
 
+def _tool(
+    server: FluxServer, name: str, params: type[BaseModel], *, title: str, annotations: ToolAnnotations
+) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+    """Register ``fn`` as a tool taking ``params``' fields, described by its docstring.
+
+    The docstring is dedented (clients show descriptions as they are) and its ``{wait_seconds}`` is
+    the server's real wait limit, so no description promises more than the settings allow.
+    """
+
+    def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
+        description = inspect.cleandoc(fn.__doc__ or "").format(
+            wait_seconds=f"{server.flux_settings.wait_seconds:g}"
+        )
+        server.argument_models[name] = params
+        return server.tool(name=name, title=title, annotations=annotations, description=description)(
+            flat_arguments(params)(fn)
+        )
+
+    return decorate
+
+
 def register_tools(server: FluxServer) -> None:
     """Add fal-flux-mcp's tools to ``server``."""
+    capped_status_params = status_params(server.flux_settings.wait_seconds)
 
-    @server.tool(name="generate_image", title="Generate image", annotations=_GENERATE)
-    @flat_arguments(GenerationParams)
+    @_tool(server, "generate_image", GenerationParams, title="Generate image", annotations=_GENERATE)
     async def generate_image(
         params: GenerationParams, ctx: Context[AppState]
     ) -> Annotated[CallToolResult, JobResult]:
         """Generate images with a FLUX model on fal.ai and return them.
 
-        Waits up to about 45 seconds, reporting progress. Finished: previews you can see, the fal URLs,
+        Waits up to {wait_seconds} seconds, reporting progress. Finished: previews you can see, the fal URLs,
         the saved file paths and resource links. Not finished in time: status 'in_progress' with a
         job_id to pass to check_status (the job keeps running and nothing is lost). Costs money.
         """
@@ -218,11 +245,7 @@ def register_tools(server: FluxServer) -> None:
             record, _ = await state.jobs.follow(record, seconds=wait, logs=True, on_status=progress.on_status)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                try:
-                    await state.jobs.cancel(record.job_id)
-                    logger.info("client cancelled the call; cancelled job %s on fal", record.job_id)
-                except FalError as exc:
-                    logger.warning("client cancelled; could not cancel job %s: %s", record.job_id, exc)
+                await state.jobs.stop_waiting(record)
             raise
         except FalError as exc:
             # Submitted and paid: answer with the job id, never a bare error.
@@ -239,8 +262,7 @@ def register_tools(server: FluxServer) -> None:
             return await _job_result(state, record, result=state.jobs.describe(record, waited=wait))
         return await _job_result(state, record)
 
-    @server.tool(name="submit_job", title="Submit image job", annotations=_SUBMIT)
-    @flat_arguments(SubmitParams)
+    @_tool(server, "submit_job", SubmitParams, title="Submit image job", annotations=_SUBMIT)
     async def submit_job(
         params: SubmitParams, ctx: Context[AppState]
     ) -> Annotated[CallToolResult, JobResult]:
@@ -259,12 +281,13 @@ def register_tools(server: FluxServer) -> None:
         state.jobs.follow_in_background(record)
         return await _job_result(state, record)
 
-    @server.tool(
-        name="check_status",
+    @_tool(
+        server,
+        "check_status",
+        capped_status_params,
         title="Check job status",
         annotations=_READ.model_copy(update={"title": "Check job status"}),
     )
-    @flat_arguments(StatusParams)
     async def check_status(
         params: StatusParams, ctx: Context[AppState]
     ) -> Annotated[CallToolResult, JobResult]:
@@ -276,13 +299,19 @@ def register_tools(server: FluxServer) -> None:
         progress = _Progress(ctx)
         with _tool_errors():
             record = state.jobs.get(params.job_id)
+            if record.pending_save:
+                record = await state.jobs.retry_saves(record)
             logs: list[str] = []
             if not record.is_terminal:
-                wait = min(params.wait_seconds, state.settings.wait_seconds)
+                wait = params.wait_seconds  # bounded by FLUX_MCP_WAIT_SECONDS in the schema
                 if wait > 0:
-                    record, logs = await state.jobs.follow(
-                        record, seconds=wait, logs=params.include_logs, on_status=progress.on_status
-                    )
+                    try:
+                        record, logs = await state.jobs.follow(
+                            record, seconds=wait, logs=params.include_logs, on_status=progress.on_status
+                        )
+                    except anyio.get_cancelled_exc_class():
+                        state.jobs.follow_in_background(record)  # the client stopped waiting, not the job
+                        raise
                 else:
                     record, logs = await state.jobs.poll(record, logs=params.include_logs)
                 if not record.is_terminal:
@@ -295,14 +324,13 @@ def register_tools(server: FluxServer) -> None:
             )
         return await _job_result(state, record, result=result)
 
-    @server.tool(
-        name="cancel_job",
-        title="Cancel job",
-        annotations=_CANCEL,
-    )
-    @flat_arguments(CancelParams)
+    @_tool(server, "cancel_job", CancelParams, title="Cancel job", annotations=_CANCEL)
     async def cancel_job(params: CancelParams, ctx: Context[AppState]) -> CancelResultOut:
-        """Cancel a job on fal. A queued job never runs and is not charged; a running one is stopped if possible."""
+        """Cancel a job on fal. A queued job never runs and costs nothing.
+
+        A running job is asked to stop, which it does only if the model allows it; if it finishes anyway
+        it is paid for and its images are saved. The answer says which of these happened.
+        """
         state = _state(ctx)
         with _tool_errors():
             record, cancelled, message = await state.jobs.cancel(params.job_id)
@@ -310,12 +338,7 @@ def register_tools(server: FluxServer) -> None:
             job_id=record.job_id, status=record.status, cancelled=cancelled, message=message
         )
 
-    @server.tool(
-        name="upload_file",
-        title="Upload image",
-        annotations=_UPLOAD,
-    )
-    @flat_arguments(UploadParams)
+    @_tool(server, "upload_file", UploadParams, title="Upload image", annotations=_UPLOAD)
     async def upload_file(params: UploadParams, ctx: Context[AppState]) -> UploadResult:
         """Put a local image on fal's storage and return its URL, to use as image_url.
 
@@ -326,14 +349,12 @@ def register_tools(server: FluxServer) -> None:
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
-                local = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        resolve_local_image, params.path, await _allowed_dirs(ctx, state), limit
+                dirs = await _allowed_dirs(ctx, state)
+                hard_links = state.settings.allow_hard_links
+                with await open_local_image(params.path, dirs, limit, allow_hard_links=hard_links) as local:
+                    url = await state.jobs.fal.upload_from_file(
+                        local, size=local.size, content_type=local.content_type, file_name=local.file_name
                     )
-                )
-                url = await state.jobs.fal.upload_file(
-                    local.path, content_type=local.content_type, file_name=local.file_name
-                )
                 return UploadResult(
                     url=url, file_name=local.file_name, content_type=local.content_type, size=local.size
                 )
@@ -349,10 +370,14 @@ def register_tools(server: FluxServer) -> None:
                 size=len(decoded.data),
             )
 
-    @server.tool(
-        name="list_models", title="List models", annotations=_READ.model_copy(update={"title": "List models"})
+    @_tool(
+        server,
+        "list_models",
+        NoParams,
+        title="List models",
+        annotations=_READ.model_copy(update={"title": "List models"}),
     )
-    async def list_models() -> ModelList:
+    async def list_models(params: NoParams) -> ModelList:
         """The FLUX models available: what each is for, its parameters, price and typical time."""
         return ModelList(
             default_model=DEFAULT_MODEL,
@@ -362,7 +387,7 @@ def register_tools(server: FluxServer) -> None:
                     title=info.title,
                     task=info.task,
                     description=info.description,
-                    parameters=info.parameters,
+                    parameters=tool_fields_for(info),
                     requires_image=info.requires_image,
                     price_usd=info.price_usd,
                     price_unit=info.price_unit,

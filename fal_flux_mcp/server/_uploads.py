@@ -6,21 +6,34 @@ a folder the user allowed: ``FLUX_MCP_ALLOWED_DIRS`` or an MCP root their client
 content, never its name, must be an image fal accepts. Every refusal says what was wrong and what to do,
 because the LLM reading it can usually fix the call or tell the user which setting to change; a refusal
 for a path outside the allowed folders never reveals whether that path exists.
+
+The file is opened once, by the check, and uploaded from that descriptor: a name can be repointed (a
+symlink to an SSH key swapped in) while the upload waits on fal, an open file cannot. The final
+component is opened without following symlinks, and the open file must be the one checked, still inside
+an allowed folder, and (unless allowed) have a single hard link, since a hard link is a second name
+that no path check can tell from the first.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import io
 import os
 import re
 import stat
+import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.lowlevel
 
 from fal_flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
 
@@ -34,38 +47,32 @@ class UploadRefused(Exception):
     """``upload_file`` will not send this; the message says why and how to fix it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class LocalImage:
-    """A checked local image: where it really is, and what it is."""
+    """A checked local image, held open: the upload reads this descriptor, never the path again.
+
+    Close it (or use it as a context manager) once the upload is over, whatever its outcome.
+    """
 
     path: Path
     size: int
     content_type: str
     file_name: str
-    identity: tuple[int, int] = field(default=(0, 0), repr=False, compare=False)
-    """``(st_dev, st_ino)`` of the file that was checked, so ``read`` notices if it was swapped since."""
+    file: io.FileIO = field(repr=False)
 
-    def read(self) -> bytes:
-        """The file's bytes, refusing if it is no longer the checked file or has grown past ``size``.
+    def fileno(self) -> int:
+        """The open descriptor, to upload from by position (``FalClient.upload_from_file``)."""
+        return self.file.fileno()
 
-        Checking and reading are separate steps; reading through this closes the gap in which the file
-        could be replaced by a symlink or another file.
-        """
-        try:
-            with _open_regular(self.path) as file:
-                info = os.fstat(file.fileno())
-                if self.identity != (0, 0) and (info.st_dev, info.st_ino) != self.identity:
-                    raise UploadRefused(
-                        f"'{self.path}' was replaced after it was checked; try the upload again."
-                    )
-                data = file.read(self.size + 1)
-        except OSError as exc:  # deleted, or swapped for a symlink (O_NOFOLLOW), since the check
-            raise UploadRefused(
-                f"'{self.path}' can no longer be read ({exc.__class__.__name__}); try the upload again."
-            ) from exc
-        if len(data) != self.size:
-            raise UploadRefused(f"'{self.path}' changed size after it was checked; try the upload again.")
-        return data
+    def close(self) -> None:
+        """Close the descriptor; idempotent."""
+        self.file.close()
+
+    def __enter__(self) -> LocalImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +84,37 @@ class DecodedImage:
     file_name: str
 
 
-def resolve_local_image(path: str, allowed_dirs: Sequence[Path], max_bytes: int) -> LocalImage:
+async def open_local_image(
+    path: str, allowed_dirs: Sequence[Path], max_bytes: int, *, allow_hard_links: bool = False
+) -> LocalImage:
+    """``resolve_local_image`` off the event loop; the caller owns (and closes) the open image.
+
+    The check runs to its end even if the caller is cancelled meanwhile, so that the file it opened is
+    closed here rather than dropped open.
+    """
+    check = functools.partial(
+        resolve_local_image, path, allowed_dirs, max_bytes, allow_hard_links=allow_hard_links
+    )
+    with anyio.CancelScope(shield=True):
+        image = await anyio.to_thread.run_sync(check)
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def resolve_local_image(
+    path: str, allowed_dirs: Sequence[Path], max_bytes: int, *, allow_hard_links: bool = False
+) -> LocalImage:
     """Check that ``path`` is an image inside ``allowed_dirs`` that fal accepts, or raise ``UploadRefused``.
 
     Containment is judged on the resolved path against the resolved allowed folders, so neither ``..``
     nor a symlink can lead out of them, while a symlink that stays inside is fine. Relative allowed
     folders are ignored: resolved against the server's working directory they could allow anything.
-    A ``file://`` URI is accepted in place of a path, as LLMs often pass those.
+    A ``file://`` URI is accepted in place of a path, as LLMs often pass those. The image is returned
+    open (blocking: run it in a worker thread, as ``open_local_image`` does), for the caller to close.
     """
     roots = _allowed_roots(allowed_dirs)
     if not roots:
@@ -140,31 +171,36 @@ def resolve_local_image(path: str, allowed_dirs: Sequence[Path], max_bytes: int)
         raise UploadRefused(
             f"'{given}' is not a regular file (a device, pipe or socket). Give an image file."
         )
-    if info.st_size == 0:
-        raise UploadRefused(f"'{given}' is empty (0 bytes). Give an image file.")
-    if info.st_size > max_bytes:
-        raise UploadRefused(
-            f"'{given}' is {_megabytes(info.st_size)}, over the {_megabytes(max_bytes)} upload limit "
-            "(FLUX_MCP_UPLOAD_MAX_BYTES). Use a smaller or more compressed version of the image."
-        )
+    file = _open_no_follow(real, given)
     try:
-        with _open_regular(real) as file:
-            opened = os.fstat(file.fileno())
-            header = file.read(_HEADER_BYTES)
-    except OSError as exc:
-        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
-    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
-        raise UploadRefused(f"'{given}' changed while it was being checked; try the upload again.")
-    content_type = sniff_content_type(header)
-    if content_type is None:
-        raise UploadRefused(f"'{given}' is not an image fal accepts: {_describe_content(real)}.")
-    return LocalImage(
-        path=real,
-        size=info.st_size,
-        content_type=content_type,
-        file_name=_upload_file_name(given.name, content_type),
-        identity=(info.st_dev, info.st_ino),
-    )
+        opened = os.fstat(file.fileno())
+        if not os.path.samestat(opened, info) or not stat.S_ISREG(opened.st_mode):
+            raise UploadRefused(f"'{given}' changed while it was being checked; try the upload again.")
+        if not _open_file_inside(file.fileno(), real, roots):
+            raise outside
+        if opened.st_nlink > 1 and not allow_hard_links:
+            raise UploadRefused(
+                f"'{given}' has {opened.st_nlink} hard links, and a hard link inside an allowed folder can "
+                "name any file on the filesystem, so it is not uploaded: copy the image into the folder "
+                "(a copy has one link), or ask the user to set FLUX_MCP_ALLOW_HARD_LINKS=true."
+            )
+        if opened.st_size == 0:
+            raise UploadRefused(f"'{given}' is empty (0 bytes). Give an image file.")
+        if opened.st_size > max_bytes:
+            raise UploadRefused(
+                f"'{given}' is {_megabytes(opened.st_size)}, over the {_megabytes(max_bytes)} upload limit "
+                "(FLUX_MCP_UPLOAD_MAX_BYTES). Use a smaller or more compressed version of the image."
+            )
+        content_type = sniff_content_type(file.read(_HEADER_BYTES) or b"")
+        if content_type is None:
+            raise UploadRefused(f"'{given}' is not an image fal accepts: {_describe_content(file)}.")
+        name = _upload_file_name(given.name, content_type)
+        return LocalImage(
+            path=real, size=opened.st_size, content_type=content_type, file_name=name, file=file
+        )
+    except BaseException:
+        file.close()
+        raise
 
 
 def decode_image_data(data: str, file_name: str | None, max_bytes: int) -> DecodedImage:
@@ -306,28 +342,62 @@ def _inside_by_identity(real: Path, roots: Sequence[Path]) -> bool:
     return False
 
 
-def _open_regular(path: Path) -> io.BufferedReader:
-    # O_NONBLOCK so a pipe swapped in after the check cannot hang the server; O_NOFOLLOW so a symlink
-    # swapped in for the final component is not followed.
-    flags = (
-        os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-    )
-    fd = os.open(path, flags)
+def _open_no_follow(real: Path, given: Path) -> io.FileIO:
+    # O_NOFOLLOW: a symlink swapped in for the final component since the check is refused, not
+    # followed; O_NONBLOCK: a pipe swapped in cannot hang the server.
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UploadRefused(f"'{path}' is not a regular file. Give an image file.")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        fd = os.open(real, flags | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer to O_NOFOLLOW
+            raise UploadRefused(
+                f"'{given}' was replaced by a symbolic link while it was being checked; give the path of "
+                "the image itself."
+            ) from None
+        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
+    return io.FileIO(fd, "r")
 
 
-def _describe_content(source: Path | bytes) -> str:
+def _open_file_inside(fd: int, real: Path, roots: Sequence[Path]) -> bool:
+    """Whether the open file is still inside an allowed folder, judged after opening.
+
+    A folder of the checked path could have been swapped for a symlink between the check and the
+    open; where the kernel says the open file is (Linux, macOS) cannot be faked that way. Elsewhere
+    the checked path must still resolve to the open file.
+    """
+    where = _where_open(fd)
+    if where is None:
+        try:
+            where = real.resolve(strict=True)
+            if not os.path.samestat(where.stat(), os.fstat(fd)):
+                return False
+        except (OSError, RuntimeError):
+            return False
+    return any(where.is_relative_to(root) for root in roots) or _inside_by_identity(where, roots)
+
+
+def _where_open(fd: int) -> Path | None:
+    try:
+        if sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd"):
+            return Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if sys.platform == "darwin":
+            import fcntl
+
+            return Path(os.fsdecode(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0")))
+    except OSError:
+        return None
+    return None
+
+
+def _describe_content(source: BinaryIO | io.FileIO | bytes) -> str:
     """What the content is instead, in words the LLM can relay ('a TIFF image', 'not an image')."""
     from PIL import Image  # only on this refusal path; the server starts without Pillow
 
     try:
-        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+        if isinstance(source, bytes):
+            source = io.BytesIO(source)
+        source.seek(0)
+        with Image.open(source) as image:
             kind = image.format or "unknown"
     except Exception:  # only describing why it was refused: whatever Pillow raises means "not an image"
         return f"its content is not an image (only {_ACCEPTED} are accepted, whatever the file name says)"
