@@ -1,21 +1,18 @@
 """The life of a generation job, from tool arguments to saved files, independent of any transport.
 
-``JobService`` turns the tools' parameters into a validated fal input (uploading a local input image
-first), submits it and writes it to the journal before anything else can fail, follows it, and once it
-completes downloads the images concurrently, saves them and makes previews, exactly once per job. The
-MCP tools are thin on top of it; it knows the fal client's API but not HTTP, and not MCP.
+``JobService`` has the input checked and prepared (``_inputs``), submits it and writes it to the
+journal before anything else can fail, follows it, and once it completes has the images saved
+(``_saving``), exactly once per job; it cancels on request, and says what it did. The MCP tools are
+thin on top of it; it knows the fal client's API but not HTTP, and not MCP.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,18 +25,15 @@ from fal_flux_mcp.fal import (
     QueueHandle,
     QueueStatus,
     ValidationError,
-    validate_input,
 )
-from fal_flux_mcp.models import FalInput, image_size_for_aspect_ratio
-from fal_flux_mcp.registry import MODELS, ModelInfo
-from fal_flux_mcp.server._images import (
-    Preview,
-)
+from fal_flux_mcp.models import FalInput
+from fal_flux_mcp.server._errors import JobError, UnknownJobError
+from fal_flux_mcp.server._images import Preview
+from fal_flux_mcp.server._inputs import AllowedDirs, InputBuilder, no_dirs
 from fal_flux_mcp.server._journal import JobRecord, Journal
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
 from fal_flux_mcp.server._schemas import GenerationParams, JobResult, JobState
-from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,42 +42,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fal_flux_mcp.server")
 
 StatusCallback = Callable[[QueueStatus], Awaitable[None]]
-#: The folders local input images may come from; asked for only when an input is a local path (asking
-#: may mean a round trip to the MCP client for its roots).
-AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
 #: How long a background follower keeps watching a job the client stopped waiting for.
 _FOLLOW_SECONDS = 6 * 3600
 #: The first wait before saving an image again, and the longest (a full disk may take a while to clear).
 _SAVE_RETRY_FIRST = 1.0
 _SAVE_RETRY_MAX = 300.0
-#: Data URIs larger than this are uploaded rather than sent inline in the request body.
-_INLINE_DATA_URI_BYTES = 256 * 1024
-
-
-async def _no_dirs() -> Sequence[Path]:
-    return ()
-
-
-class JobError(Exception):
-    """A request about a job that cannot be carried out; the message says what to change."""
-
-
-class UnknownJobError(JobError):
-    """No job with that id is in the journal."""
-
-
-def tool_fields_for(model: ModelInfo) -> list[str]:
-    """The generation arguments a model takes, by the tools' names (aspect_ratio works for every model)."""
-    taken = set(model.parameters) | {"model", "aspect_ratio"}
-    return [name for name in GenerationParams.model_fields if name in taken]
-
-
-@dataclass(frozen=True, slots=True)
-class JobView:
-    """A job as the tools show it: the structured result, and previews once it completed."""
-
-    result: JobResult
-    previews: list[Preview]
 
 
 class JobService:
@@ -94,6 +57,7 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
+        self.inputs = InputBuilder(settings, lambda: self.fal)
         self.saver = ImageSaver(settings, lambda: self.fal)
         self._following: set[str] = set()
         self._saving: set[str] = set()
@@ -114,102 +78,17 @@ class JobService:
         if self._fal is not None:
             await self._fal.aclose()
 
-    # ------------------------------------------------------------------------------------ the input
-
-    def build_input(self, params: GenerationParams) -> tuple[ModelInfo, dict[str, Any]]:
-        """The fal arguments for ``params``; a ``JobError`` naming the fields if the model does not take one.
-
-        ``image_url`` is left as given: it may still be a local path to upload (``prepare``).
-        """
-        model = MODELS[params.model]
-        accepted = model.parameters
-        fields = params.model_dump(exclude_none=True, exclude={"model", "webhook_url"})
-        if "aspect_ratio" in fields and "aspect_ratio" not in accepted and "image_size" in accepted:
-            if "image_size" in fields:
-                raise JobError(
-                    f"Give either aspect_ratio or image_size, not both: {model.endpoint_id} is sized by "
-                    "image_size, and aspect_ratio is turned into one."
-                )
-            size = image_size_for_aspect_ratio(fields.pop("aspect_ratio"))
-            fields["image_size"] = size if isinstance(size, str) else size.model_dump()
-        unsupported = [name for name in fields if name not in accepted]
-        if unsupported:
-            hint = " Use aspect_ratio to shape the image." if "image_size" in unsupported else ""
-            raise JobError(
-                f"{model.endpoint_id} does not take {', '.join(unsupported)}. It takes: "
-                f"{', '.join(tool_fields_for(model))}.{hint} Remove the field or pick another model (list_models)."
-            )
-        if model.requires_image and "image_url" not in fields:
-            raise JobError(
-                f"{model.endpoint_id} ({model.title}) works on an input image: pass image_url, an https URL "
-                "or a local file path inside the allowed directories."
-            )
-        if model.task == "text-to-image" and not params.prompt.strip():
-            raise JobError(f"{model.endpoint_id} needs a prompt describing the image.")
-        return model, fields
-
-    async def prepare(
-        self, params: GenerationParams, allowed_dirs: AllowedDirs
-    ) -> tuple[ModelInfo, FalInput]:
-        """Validate everything and upload a local ``image_url``: after this, submitting cannot be refused."""
-        model, fields = self.build_input(params)
-        given_url = fields.get("image_url")
-        # Check every other field before uploading anything: a bad value must cost neither money nor time.
-        self._validate(
-            model, fields | {"image_url": "https://example.invalid/input.png"} if given_url else fields
-        )
-        if given_url:
-            fields["image_url"] = await self.resolve_image_url(given_url, allowed_dirs)
-        return model, self._validate(model, fields)
-
-    @staticmethod
-    def _validate(model: ModelInfo, fields: dict[str, Any]) -> FalInput:
-        try:
-            return validate_input(model.endpoint_id, fields)
-        except ValidationError as exc:
-            raise JobError(f"{exc.message}. Fix the value and call again.") from None
-
-    async def resolve_image_url(self, value: str, allowed_dirs: AllowedDirs) -> str:
-        """An URL fal can fetch: http(s) as is, a large data URI or a local file uploaded to fal first."""
-        scheme = urlsplit(value).scheme.lower()
-        if scheme in ("http", "https"):
-            return value
-        if scheme == "data":
-            if len(value) <= _INLINE_DATA_URI_BYTES:
-                return value
-            try:
-                decoded = decode_image_data(value, None, self.settings.upload_max_bytes)
-            except UploadRefused as exc:
-                raise JobError(f"image_url: {exc}") from None
-            return await self.fal.upload_bytes(
-                decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
-            )
-        settings = self.settings
-        try:
-            local = await open_local_image(
-                value,
-                await allowed_dirs(),
-                settings.upload_max_bytes,
-                allow_hard_links=settings.allow_hard_links,
-            )
-        except UploadRefused as exc:
-            raise JobError(f"image_url: {exc}") from None
-        with local:
-            return await self.fal.upload_from_file(
-                local, size=local.size, content_type=local.content_type, file_name=local.file_name
-            )
-
     # ------------------------------------------------------------------------------- submit, follow
 
     async def submit(
         self,
         params: GenerationParams,
         *,
-        allowed_dirs: AllowedDirs = _no_dirs,
+        allowed_dirs: AllowedDirs = no_dirs,
         webhook_url: str | None = None,
     ) -> JobRecord:
         """Submit to fal and journal the job before returning: from here on the job is never lost."""
-        model, fal_input = await self.prepare(params, allowed_dirs)
+        model, fal_input = await self.inputs.prepare(params, allowed_dirs)
         handle = await self.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
         record = JobRecord(
             job_id=handle.request_id,

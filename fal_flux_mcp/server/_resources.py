@@ -12,7 +12,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.server._app import AppState, FluxServer
-from fal_flux_mcp.server._jobs import UnknownJobError
+from fal_flux_mcp.server._errors import UnknownJobError
 
 
 def register_resources(server: FluxServer) -> None:

@@ -34,8 +34,9 @@ from pydantic import BaseModel
 from fal_flux_mcp.fal import FalError, QueueStatus
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
+from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
-from fal_flux_mcp.server._jobs import JobError, tool_fields_for
+from fal_flux_mcp.server._inputs import tool_fields_for
 from fal_flux_mcp.server._journal import JobRecord
 from fal_flux_mcp.server._schemas import (
     CancelParams,
