@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import re
 import threading
@@ -99,15 +100,38 @@ def test_concurrent_saves_of_one_name_all_survive(tmp_path: Path) -> None:
     payloads = [base + bytes([n]) for n in range(16)]  # trailing bytes keep them JPEGs but tell them apart
     start = threading.Barrier(len(payloads))
 
-    def worker(payload: bytes) -> Path:
+    def worker(payload: bytes) -> Path:  # sixteen jobs whose images get the same name
         start.wait()
-        return save(payload, tmp_path)
+        return save(payload, tmp_path, job_id=f"req-{payload[-1]}")
 
     with ThreadPoolExecutor(len(payloads)) as pool:
         paths = list(pool.map(worker, payloads))
     assert len(set(paths)) == len(payloads)
     assert sorted(path.read_bytes() for path in paths) == sorted(payloads)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)  # no temp files left
+
+
+def test_saving_an_image_again_reuses_its_file(tmp_path: Path) -> None:
+    """A crash after saving but before the journal recorded it must not leave a second copy."""
+    data = encode(photo(64, 48))
+    first = save(data, tmp_path)
+    again = save(data, tmp_path)
+    assert again == first
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+
+
+def test_a_part_file_left_by_a_crash_mid_write_is_replaced_by_the_next_save(tmp_path: Path) -> None:
+    data = encode(photo(64, 48))
+    stem = save(data, tmp_path, job_id="another-job").stem  # the name this image gets
+    (tmp_path / f"{stem}.jpg").unlink()
+    # What a SIGKILL mid-write leaves: half the bytes under the hidden name save_image uses for this
+    # job's image (a hash of the job id and the index).
+    token = hashlib.sha256(b"req-123\x000").hexdigest()[:16]
+    leftover = tmp_path / f".{stem[:60]}.{token}.part"
+    leftover.write_bytes(data[: len(data) // 2])
+    saved = save(data, tmp_path)
+    assert saved.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == [saved.name]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from fal_flux_mcp.fal._exceptions import (
     FalTimeoutError,
     JobFailedError,
     NotFoundError,
+    RateLimitedError,
     UpstreamUnavailableError,
 )
 from fal_flux_mcp.fal._inputs import validate_input
@@ -237,13 +238,17 @@ class FalClient:
             except (NotFoundError, SSEError) as exc:
                 logger.info("no status stream here (%s); polling instead", exc)
                 break
-            except (UpstreamUnavailableError, FalTimeoutError) as exc:
+            except (UpstreamUnavailableError, FalTimeoutError, RateLimitedError) as exc:
                 failures += 1
                 logger.info(
                     "status stream broke (%s); %s",
                     exc,
                     "reopening" if failures < _STREAM_ATTEMPTS else "polling",
                 )
+                delay = self._transport.retry.backoff(failures)
+                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self._transport.retry.max_retry_after))
+                await anyio.sleep(delay)
         previous: QueueStatus | None = None
         while True:
             status = await self.status(handle, logs=logs)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import io
 import math
 import os
 import re
-import secrets
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -149,7 +149,9 @@ def save_image(
     The bytes go to a hidden temporary file in the same directory first and are then hard-linked to the
     final name, which fails instead of clobbering if the name is taken (then ``-1``, ``-2``, ... is tried).
     A reader therefore never sees a half-written image under its final name, and two concurrent saves of
-    the same name both survive. Where hard links are unsupported (FAT, some network shares) the name is
+    the same name both survive. Saving is idempotent per image: a file of that name that already holds
+    exactly these bytes (the same image, saved before a crash kept the journal from recording it) is
+    reused, not copied again. Where hard links are unsupported (FAT, some network shares) the name is
     reserved with an exclusive create and the temporary file is renamed over that reservation.
 
     ``index`` is written as given (the caller's numbering of the job's images). ``created_at`` (default:
@@ -178,14 +180,20 @@ def save_image(
         created_at=created_at or datetime.now(UTC),
     )
     stem, _, extension = name.rpartition(".")
-    temporary = directory / f".{stem[:60]}.{secrets.token_hex(8)}.part"
+    # One temporary name per (job, image): a save cut short by a crash leaves a file that the next save
+    # of the same image replaces, instead of one more hidden file for good.
+    token = hashlib.sha256(f"{job_id}\0{index}".encode()).hexdigest()[:16]
+    temporary = directory / f".{stem[:60]}.{token}.part"
     try:
+        temporary.unlink(missing_ok=True)
         _write_new_file(temporary, data)
         for attempt in range(_MAX_NAME_ATTEMPTS):
             target = directory / (f"{stem}.{extension}" if attempt == 0 else f"{stem}-{attempt}.{extension}")
             try:
                 _publish_without_clobbering(temporary, target)
             except FileExistsError:
+                if _holds(target, data):  # this very image, saved before a crash: reuse it
+                    return target.absolute()
                 continue
             return target.absolute()
         raise FileExistsError(
@@ -193,6 +201,14 @@ def save_image(
         )
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (read only when the sizes match)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _extension_for(data: bytes, content_type: str) -> str:

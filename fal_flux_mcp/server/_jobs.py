@@ -44,6 +44,9 @@ logger = logging.getLogger("fal_flux_mcp.server")
 StatusCallback = Callable[[QueueStatus], Awaitable[None]]
 #: How long a background follower keeps watching a job the client stopped waiting for.
 _FOLLOW_SECONDS = 6 * 3600
+#: The first and the longest wait of a background follower before it asks fal again after a failure.
+_FOLLOW_RETRY_FIRST = 1.0
+_FOLLOW_RETRY_MAX = 60.0
 #: The first wait before saving an image again, and the longest (a full disk may take a while to clear).
 _SAVE_RETRY_FIRST = 1.0
 _SAVE_RETRY_MAX = 300.0
@@ -189,10 +192,30 @@ class JobService:
         self.task_group.start_soon(self._follow_quietly, record, name=f"follow {record.job_id}")
 
     async def _follow_quietly(self, record: JobRecord) -> None:
+        """Follow until the job is finished or the follow time is up, whatever fal's trouble meanwhile.
+
+        Every read is retried inside the fal client already; what still fails here (fal down for a
+        while, a rate limit that outlasts the retries) is waited out with a backoff, never given up on.
+        """
+        deadline = anyio.current_time() + _FOLLOW_SECONDS
+        delay = _FOLLOW_RETRY_FIRST
         try:
-            await self.follow(record, seconds=_FOLLOW_SECONDS)
-        except FalError as exc:
-            logger.info("stopped following %s: %s", record.job_id, exc)
+            while not record.is_terminal and (left := deadline - anyio.current_time()) > 0:
+                try:
+                    record, _ = await self.follow(record, seconds=left)
+                except FalError as exc:
+                    logger.info("following %s: %s; trying again in %.0f s", record.job_id, exc, delay)
+                    await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
+                    delay = min(delay * 2, _FOLLOW_RETRY_MAX)
+                    record = self.get(record.job_id)
+                else:
+                    delay = _FOLLOW_RETRY_FIRST
+            if not record.is_terminal:
+                logger.warning(
+                    "stopped following %s after %d s; check_status still finds it",
+                    record.job_id,
+                    _FOLLOW_SECONDS,
+                )
         except Exception:  # it runs in the server's task group: a failure here must not stop the server
             logger.exception("stopped following %s", record.job_id)
         finally:
