@@ -2,7 +2,8 @@
 
 It starts the fal emulator on a free loopback port, launches the real server as a stdio subprocess
 pointed at it, and calls ``generate_image`` through the SDK's MCP client, printing progress as it
-arrives and the saved file at the end. Nothing leaves the machine and no fal account is needed.
+arrives and the saved file at the end. Nothing leaves the machine and no fal account is needed. The
+picture is the emulator's placeholder, not the prompt drawn, so it goes to a folder of its own.
 """
 
 from __future__ import annotations
@@ -17,15 +18,24 @@ import anyio
 from mcp import Client, StdioServerParameters
 
 
-def run_demo(*, prompt: str, model: str, aspect_ratio: str, output_dir: Path) -> int:
-    """Run the demo; returns the process exit code."""
+def run_demo(*, prompt: str, model: str, aspect_ratio: str, output_dir: Path | None) -> int:
+    """Run the demo; returns the process exit code.
+
+    ``output_dir`` None: a new temporary folder. Never the configured output folder: a placeholder
+    picture has no place among the user's real ones.
+    """
     from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 
-    output = output_dir.expanduser().resolve()
+    if output_dir is None:
+        output = Path(tempfile.mkdtemp(prefix="fal-flux-mcp-demo-images-"))
+    else:
+        output = output_dir.expanduser().resolve()
+    print(f"saving into {output}")
     state_dir = Path(tempfile.mkdtemp(prefix="fal-flux-mcp-demo-"))
     try:
         with Emulator(EmulatorConfig(job_seconds=2.0)) as emulator:
             print(f"fal emulator listening on {emulator.url} (no network, no account)")
+            print("the emulator draws a placeholder picture, not your prompt: with a fal key, fal draws it")
             env = {
                 "FLUX_MCP_FAL_URL": emulator.url,
                 "FAL_KEY": emulator.key,

@@ -7,8 +7,10 @@ Nothing else in the package reads ``os.environ``: a test or an embedding applica
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -37,17 +39,22 @@ class Settings(BaseSettings):
     fal_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("FAL_KEY", "fal_key"),
-        description="fal API key, '<key_id>:<key_secret>'.",
+        description="fal API key, '<key_id>:<key_secret>', from https://fal.ai/dashboard/keys.",
     )
     fal_key_id: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("FAL_KEY_ID", "fal_key_id")
+        default=None,
+        validation_alias=AliasChoices("FAL_KEY_ID", "fal_key_id"),
+        description="The key's id, with FAL_KEY_SECRET, instead of FAL_KEY.",
     )
     fal_key_secret: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("FAL_KEY_SECRET", "fal_key_secret")
+        default=None,
+        validation_alias=AliasChoices("FAL_KEY_SECRET", "fal_key_secret"),
+        description="The key's secret, with FAL_KEY_ID, instead of FAL_KEY.",
     )
     fal_url: str | None = Field(
         default=None,
-        description="One origin (e.g. http://127.0.0.1:8765) that replaces every fal host; unset: fal.",
+        description="One http(s) origin (e.g. the emulator's http://127.0.0.1:8765) that replaces every "
+        "fal host; unset: fal.",
     )
     wait_seconds: float = Field(
         default=45.0,
@@ -55,19 +62,34 @@ class Settings(BaseSettings):
         le=3600,
         description="How long generate_image waits before handing back a job id (under clients' ~60 s limit).",
     )
-    output_dir: Path = Field(default_factory=_default_output_dir)
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    output_dir: Path = Field(
+        default_factory=_default_output_dir, description="Absolute folder the images are saved in."
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, description="Absolute folder of the job journal and previews."
+    )
     allowed_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
-        description="Directories upload_file may read from, separated by the OS path separator.",
+        description=f"Absolute folders local input images may come from, separated by {os.pathsep!r}.",
     )
     http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
-    preview_max_edge: int = Field(default=1024, ge=64, le=4096)
-    upload_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    preview_max_edge: int = Field(
+        default=1024, ge=64, le=4096, description="Longest edge, in pixels, of the inline previews."
+    )
+    upload_max_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="Largest file upload_file accepts, in bytes."
+    )
     allow_hard_links: bool = Field(
         default=False,
         description="Upload files that have more than one hard link. Off: a hard link inside an allowed "
         "folder can name any file on the same filesystem.",
+    )
+    reconcile_window_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="How long after a submission whose answer was lost fal's request history is searched "
+        "for it before it is taken as never received.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Level of the logs written to stderr."
@@ -83,6 +105,17 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("fal_url", mode="after")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        # Checked here rather than at the first fal call, so that a typo stops the server at start.
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
+            raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
+        return value.strip()
+
     @field_validator("allowed_dirs", mode="before")
     @classmethod
     def _split_path_list(cls, value: object) -> object:
@@ -97,8 +130,47 @@ class Settings(BaseSettings):
 
     def fal_credentials(self) -> str | None:
         """The credential string for ``Authorization: Key ...``: ``FAL_KEY``, else ``FAL_KEY_ID:FAL_KEY_SECRET``."""
-        if self.fal_key is not None and self.fal_key.get_secret_value():
-            return self.fal_key.get_secret_value()
+        # Surrounding blanks are a copy-and-paste accident, never part of a key.
+        if self.fal_key is not None and self.fal_key.get_secret_value().strip():
+            return self.fal_key.get_secret_value().strip()
         if self.fal_key_id is not None and self.fal_key_secret is not None:
-            return f"{self.fal_key_id.get_secret_value()}:{self.fal_key_secret.get_secret_value()}"
+            key_id = self.fal_key_id.get_secret_value().strip()
+            return f"{key_id}:{self.fal_key_secret.get_secret_value().strip()}"
         return None
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets ``field``: what a person typed, unlike the field's name."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            return alias.choices[0]
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @classmethod
+    def is_secret(cls, field: str) -> bool:
+        """Whether the value of ``field`` must never be shown (in help, errors or logs)."""
+        return "SecretStr" in str(cls.model_fields[field].annotation)
+
+    @classmethod
+    def default_text(cls, field: str) -> str:
+        """The field's default as a person would write it in the environment ("unset" for none)."""
+        default = cls.model_fields[field].get_default(call_default_factory=True)
+        if default is None:
+            return "unset"
+        if isinstance(default, bool):
+            return str(default).lower()
+        if isinstance(default, list):
+            return os.pathsep.join(str(item) for item in default) or "none"
+        if isinstance(default, float) and default.is_integer():
+            return str(int(default))
+        return str(default)
+
+
+def environment_help() -> str:
+    """Every environment variable with its default and meaning, generated so that ``--help`` cannot drift."""
+    lines = ["environment variables (the only configuration):"]
+    for field, info in Settings.model_fields.items():
+        lines.append(f"  {Settings.env_name(field)}  (default: {Settings.default_text(field)})")
+        if info.description:
+            lines += textwrap.wrap(info.description, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)

@@ -305,8 +305,8 @@ async def test_finished_jobs_are_announced_to_listening_clients(
     ("fault", "expected"),
     [
         ("429", "Wait a little and try again"),
-        ("503_fal", "Try again in a minute"),
-        ("drop", "before submitting again"),
+        ("503_fal", "looked up in fal's request history"),
+        ("drop", "Do not submit it again"),
     ],
 )
 async def test_fal_trouble_at_submit_is_an_error_that_says_what_to_do(

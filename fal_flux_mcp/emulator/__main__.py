@@ -6,21 +6,21 @@ import argparse
 import logging
 import sys
 
-from fal_flux_mcp.emulator import EmulatorConfig, serve
+from fal_flux_mcp.emulator import serve
+from fal_flux_mcp.emulator._config import add_arguments, config_from_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m fal_flux_mcp.emulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--job-seconds", type=float, default=None, help="time each job spends in progress")
+    parser = argparse.ArgumentParser(
+        prog="python -m fal_flux_mcp.emulator",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    config = EmulatorConfig()
-    if args.job_seconds is not None:
-        config.job_seconds = args.job_seconds
-    serve(args.host, args.port, config)
+    serve(args.host, args.port, config_from_arguments(args))
 
 
 if __name__ == "__main__":

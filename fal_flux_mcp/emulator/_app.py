@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from fal_flux_mcp.emulator import _jobs as jobs
 from fal_flux_mcp.emulator._config import EmulatorConfig
 from fal_flux_mcp.emulator._faults import Fault, FaultInjector
+from fal_flux_mcp.emulator._platform import request_history
 from fal_flux_mcp.emulator._render import content_type, render
 from fal_flux_mcp.emulator._storage import FileStore, StorageError
 from fal_flux_mcp.emulator._validation import FieldErrors, parse_body, validate
@@ -355,15 +357,22 @@ class Core:
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.strip().partition(" ")
         credentials = credentials.strip()
-        if scheme.lower() != "key" or not credentials:
-            return _json({"detail": _NO_USER}, 401)
-        if ":" not in credentials:
-            return _json({"detail": _BAD_FORMAT}, 401)
         config = self.config
+        # fal's words first, then what a person pointing their own code here needs: the key to use.
+        accepted = (
+            "any key of the form id:secret; set FAL_KEY to one"
+            if config.accept_any_key
+            else f"the key {config.key}; set FAL_KEY to it"
+        )
+        hint = f" This fal emulator accepts {accepted}."
+        if scheme.lower() != "key" or not credentials:
+            return _json({"detail": _NO_USER + "." + hint}, 401)
+        if ":" not in credentials:
+            return _json({"detail": _BAD_FORMAT + hint}, 401)
         if not config.accept_any_key and not secrets.compare_digest(
             credentials.encode(), config.key.encode()
         ):
-            return _json({"detail": _NO_USER}, 401)
+            return _json({"detail": _NO_USER + "." + hint}, 401)
         if config.locked:
             return _json({"detail": f"User is locked. Reason: {config.lock_reason}"}, 403)
         return None
@@ -433,6 +442,8 @@ def _fault_response(fault: Fault) -> Response:
         return _json({"detail": "Rate limit exceeded. Please try again later."}, 429, headers=headers)
     if fault.fault == "502_nginx":
         return Response(_NGINX_502, status_code=502, media_type="text/html")
+    if fault.fault == "404":  # what fal's CDN answers for a file it no longer keeps
+        return _json({"detail": "Not Found"}, 404)
     if fault.fault == "503_fal":
         return _json(
             {"detail": "Service temporarily unavailable", "error_type": "runner_scheduling_failure"},
@@ -456,16 +467,18 @@ def _route(core: Core, kind: str, handler: Handler) -> Handler:
             log.debug("fault %s on %s %s", fault.fault, request.method, request.url.path)
             if fault.fault == "drop_before":
                 return _DropResponse(drain=True)
-            if fault.fault not in ("slow", "drop"):
+            if fault.fault not in ("slow", "drop", "500_after"):
                 return _fault_response(fault)
         response = await handler(request)
         if fault is not None:
             # The request has been processed (a submit created its job) before the client is made
-            # to wait or loses the connection: what leaves a real client unsure of the outcome.
+            # to wait, loses the connection or gets an error: what leaves it unsure of the outcome.
             if fault.fault == "slow":
                 await asyncio.sleep(fault.delay)
             elif fault.fault == "drop":
                 return _DropResponse()
+            elif fault.fault == "500_after":
+                return _fault_response(fault)
         return response
 
     return endpoint
@@ -803,6 +816,11 @@ def build_app(core: Core) -> Starlette:
 
     routes = [
         Route("/.well-known/jwks.json", _route(core, "jwks", jwks), methods=["GET"]),
+        Route(
+            "/v1/models/requests/by-endpoint",
+            _route(core, "history", functools.partial(request_history, core)),
+            methods=["GET"],
+        ),
         Route("/storage/auth/token", _route(core, "token", token), methods=["POST"]),
         Route("/storage/upload/initiate", _route(core, "initiate", initiate), methods=["POST"]),
         Route("/storage/upload/signed/{upload_id}", _route(core, "signed_put", signed_put), methods=["PUT"]),

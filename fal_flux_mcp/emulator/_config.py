@@ -7,6 +7,7 @@ read when the job is submitted; the rest apply to the next request that looks at
 
 from __future__ import annotations
 
+import argparse
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +89,13 @@ class EmulatorConfig(BaseModel):
     anyway; ``False`` emulates an app that ignores the signal."""
 
     # ----------------------------------------------------------------------------------------------
+    # Platform API
+
+    history_permission: bool = True
+    """Whether the key may read the request history (``/v1/models/requests/by-endpoint``); fal keys
+    have per-operation permissions, and one without this one gets 403."""
+
+    # ----------------------------------------------------------------------------------------------
     # Outcome triggers (case-insensitive substrings of the prompt; an empty string disables one)
 
     content_policy_word: str = "forbidden"
@@ -128,3 +136,39 @@ class EmulatorConfig(BaseModel):
 
     shutdown_grace_seconds: float = Field(default=0.5, ge=0)
     """How long stopping waits for open responses before cutting them off."""
+
+
+def _key_argument(value: str) -> str:
+    key_id, colon, secret = value.partition(":")
+    if not colon or not key_id or not secret or any(char.isspace() for char in value):
+        raise argparse.ArgumentTypeError("a fal key is two parts, key_id:key_secret")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulator's command-line options, shared by ``fal-flux-mcp emulator`` and ``-m fal_flux_mcp.emulator``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
+    parser.add_argument(
+        "--job-seconds",
+        type=float,
+        default=EmulatorConfig.model_fields["job_seconds"].default,
+        help="how long each job runs, in seconds",
+    )
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key",
+        type=_key_argument,
+        default=DEFAULT_KEY,
+        help="the one fal key accepted, key_id:key_secret: what your code's FAL_KEY must be",
+    )
+    keys.add_argument(
+        "--any-key",
+        action="store_true",
+        help="accept any key of the form id:secret, e.g. code that already has its own FAL_KEY",
+    )
+
+
+def config_from_arguments(args: argparse.Namespace) -> EmulatorConfig:
+    """The knobs the command line asked for; the rest keep their defaults."""
+    return EmulatorConfig(key=args.key, accept_any_key=args.any_key, job_seconds=args.job_seconds)

@@ -25,8 +25,9 @@ Kind = Literal[
     "signed_put",
     "file",
     "jwks",
+    "history",
 ]
-FaultName = Literal["429", "502_nginx", "503_fal", "500", "slow", "drop", "drop_before"]
+FaultName = Literal["429", "404", "502_nginx", "503_fal", "500", "500_after", "slow", "drop", "drop_before"]
 
 KINDS: frozenset[str] = frozenset(Kind.__args__)  # type: ignore[attr-defined]
 FAULTS: frozenset[str] = frozenset(FaultName.__args__)  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -252,7 +253,9 @@ class Emulator:
 
         Faults: ``"429"`` (``Retry-After`` only when ``retry_after`` is given), ``"502_nginx"`` (an
         HTML ingress error without ``x-fal-request-id``: clients retry it), ``"503_fal"`` and
-        ``"500"`` (JSON errors from fal itself: clients must not retry them), ``"slow"`` (answer
+        ``"500"`` (JSON errors from fal itself: a submit answered so may or may not have been
+        queued), ``"500_after"`` (process the request, then answer that 500: a submit did create its
+        job), ``"404"`` (a file fal no longer keeps), ``"slow"`` (answer
         after ``delay`` seconds), ``"drop"`` (process the request, then close the connection
         unanswered: a submit *did* create its job) and ``"drop_before"`` (close it without
         processing anything).
@@ -296,14 +299,33 @@ def serve(host: str = "127.0.0.1", port: int = 8765, config: EmulatorConfig | No
     tmp = Path(tempfile.mkdtemp(prefix="fal-flux-mcp-emulator-"))
     try:
         core = Core(config, tmp)
-        server = _Server(_uvicorn_config(core, quiet=False, host=host, port=port), core)
-        display = f"[{host}]" if ":" in host else host
-        print(
-            f"fal emulator: FLUX_MCP_FAL_URL=http://{display}:{port} FAL_KEY={config.key}",
-            file=sys.stderr,
-            flush=True,
-        )
+
+        def announce() -> None:
+            # Once listening, with the port really bound (``--port 0`` picks one): what to point code at.
+            bound = port
+            for listening in server.servers:
+                for sock in listening.sockets:
+                    bound = sock.getsockname()[1]
+            display = f"[{host}]" if ":" in host else host
+            print(_announcement(f"http://{display}:{bound}", config), file=sys.stderr, flush=True)
+
+        server = _Server(_uvicorn_config(core, quiet=False, host=host, port=port), core, announce)
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn re-raises the signal it stopped for; a re-raised SIGTERM would kill the process
+            # before the files below are deleted, so it ends the way Ctrl+C does.
+            signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it handled
             server.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _announcement(url: str, config: EmulatorConfig) -> str:
+    """What a person starting the emulator needs: where it is and which key it takes."""
+    key = "any key of the form id:secret" if config.accept_any_key else f"only the key {config.key}"
+    example = config.key
+    return (
+        f"fal emulator listening on {url}; it accepts {key}.\n"
+        f"  fal-flux-mcp:   FLUX_MCP_FAL_URL={url} FAL_KEY={example}\n"
+        f"  your own code:  send requests to {url} instead of fal's hosts, with Authorization: Key {example}"
+    )

@@ -27,7 +27,7 @@ from fal_flux_mcp.fal._exceptions import (
     ValidationError,
 )
 from fal_flux_mcp.fal._inputs import validate_input
-from fal_flux_mcp.fal._types import CancelResult, LogEntry, QueueHandle, QueueStatus
+from fal_flux_mcp.fal._types import CancelResult, HistoryItem, LogEntry, QueueHandle, QueueStatus
 from fal_flux_mcp.fal._urls import EndpointId, FalHosts
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ __all__ = [
     "FalHosts",
     "FalTimeoutError",
     "ForeignURLError",
+    "HistoryItem",
     "JobFailedError",
     "LogEntry",
     "MissingCredentialsError",

@@ -30,10 +30,11 @@ from fal_flux_mcp.fal._exceptions import (
     UpstreamUnavailableError,
 )
 from fal_flux_mcp.fal._inputs import validate_input
-from fal_flux_mcp.fal._responses import json_body
+from fal_flux_mcp.fal._platform import Platform
+from fal_flux_mcp.fal._responses import json_body, retry_after_seconds
 from fal_flux_mcp.fal._retry import RetryPolicy
 from fal_flux_mcp.fal._storage import HasFileno, MiB, Uploader
-from fal_flux_mcp.fal._transport import FalTransport
+from fal_flux_mcp.fal._transport import FalTransport, describe_transport_error
 from fal_flux_mcp.fal._types import CancelResult, QueueHandle, QueueStatus
 from fal_flux_mcp.fal._urls import EndpointId, FalHosts, without_query
 from fal_flux_mcp.models import FalInput, FluxOutput
@@ -85,6 +86,7 @@ class FalClient:
         self._uploader = Uploader(
             self._transport, multipart_threshold=multipart_threshold, part_size=part_size
         )
+        self.platform = Platform(self._transport, self.hosts)
         self.poll_interval = poll_interval
         self.max_download_bytes = max_download_bytes
 
@@ -278,7 +280,9 @@ class FalClient:
                     except (ValueError, pydantic.ValidationError):
                         logger.debug("ignoring an unreadable status event")
             except httpx.TransportError as exc:
-                raise UpstreamUnavailableError(f"the status stream broke ({type(exc).__name__})") from None
+                raise UpstreamUnavailableError(
+                    f"the status stream broke: {describe_transport_error(exc)}"
+                ) from None
 
     async def result(self, handle: QueueHandle) -> FluxOutput | None:
         """The job's output, or None while it is still running (fal's 400 "still in progress").
@@ -314,7 +318,14 @@ class FalClient:
             last = status
             if on_status is not None:
                 await on_status(status)
-        output = await self.result(handle)
+        try:
+            output = await self.result(handle)
+        except UpstreamUnavailableError:
+            if last is not None and last.error:  # fal's status said the job failed: that is the verdict
+                raise JobFailedError(
+                    last.error, request_id=handle.request_id, error_type=last.error_type
+                ) from None
+            raise
         retries = 0
         while output is None:  # COMPLETED was reported but the result is not served yet: ask again shortly
             if last is not None and last.error:
@@ -371,17 +382,41 @@ class FalClient:
         return await self._uploader.upload_bytes(data, content_type=content_type, file_name=file_name)
 
     async def download(self, url: str) -> bytes:
-        """Fetch a generated file (no key is sent: fal's file URLs are public); data URIs are decoded here."""
+        """Fetch a generated file (no key is sent: fal's file URLs are public); data URIs are decoded here.
+
+        Retried like every read: a CDN answering 502 once, or a dropped connection, must not cost the
+        user a paid image. A 4xx (the file is gone) is not retried.
+        """
         if url.startswith("data:"):
             return _decode_data_uri(url)
+        policy = self._transport.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                return await self._download_once(url)
+            except (UpstreamUnavailableError, RateLimitedError) as exc:
+                if attempt == policy.max_attempts:
+                    raise
+                delay = policy.backoff(attempt)
+                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, policy.max_retry_after))
+                logger.info("download %s: %s; retrying in %.2fs", without_query(url), exc, delay)
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _download_once(self, url: str) -> bytes:
         try:
             async with self.http.stream("GET", url) as response:
                 if not response.is_success:
                     await response.aread()
-                    raise FalError(
-                        f"could not download {without_query(url)} (HTTP {response.status_code})",
-                        status_code=response.status_code,
-                    )
+                    status = response.status_code
+                    message = f"could not download {without_query(url)} (HTTP {status})"
+                    if status == 429:
+                        raise RateLimitedError(
+                            message, retry_after=retry_after_seconds(response), status_code=status
+                        )
+                    if status >= 500 or status == 408:
+                        raise UpstreamUnavailableError(message, status_code=status)
+                    raise FalError(message, status_code=status)
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
@@ -392,7 +427,7 @@ class FalClient:
                 return b"".join(chunks)
         except httpx.TransportError as exc:
             raise UpstreamUnavailableError(
-                f"could not download {without_query(url)} ({type(exc).__name__})"
+                f"could not download {without_query(url)}: {describe_transport_error(exc)}"
             ) from None
 
 

@@ -29,7 +29,10 @@ class FalError(Exception):
 
 
 class MissingCredentialsError(FalError):
-    """No fal key is configured (set FAL_KEY, or FAL_KEY_ID and FAL_KEY_SECRET)."""
+    """No usable fal key is configured (set FAL_KEY, or FAL_KEY_ID and FAL_KEY_SECRET).
+
+    A placeholder or malformed key counts as none: it is refused before anything is sent to fal.
+    """
 
 
 class AuthenticationError(FalError):

@@ -23,6 +23,7 @@ from fal_flux_mcp.fal._exceptions import (
     JobFailedError,
     NotFoundError,
     RateLimitedError,
+    SubmissionStateUnknownError,
     UpstreamUnavailableError,
     ValidationError,
     describe_field_errors,
@@ -92,8 +93,14 @@ def _detail_text(response: httpx.Response, body: Any) -> str:
     return text[:_MAX_TEXT] or f"HTTP {response.status_code}"
 
 
-def error_from_response(response: httpx.Response, phase: Phase, attempts: int = 1) -> FalError:
-    """The exception for a non-2xx answer from fal during ``phase``, after ``attempts`` tries."""
+def error_from_response(
+    response: httpx.Response, phase: Phase, attempts: int = 1, *, local_origin: str | None = None
+) -> FalError:
+    """The exception for a non-2xx answer from fal during ``phase``, after ``attempts`` tries.
+
+    ``local_origin`` is the origin standing in for fal (``FLUX_MCP_FAL_URL``), if any: a key rejected
+    there is fixed by the emulator's key, not by a new one from fal's dashboard.
+    """
     status = response.status_code
     body = json_body(response)
     detail = _detail_text(response, body)
@@ -107,6 +114,13 @@ def error_from_response(response: httpx.Response, phase: Phase, attempts: int = 
     }
     gave_up = f" (gave up after {attempts} attempts)" if attempts > 1 else ""
 
+    if status == 401 and local_origin is not None:
+        return AuthenticationError(
+            f"{local_origin} (FLUX_MCP_FAL_URL, standing in for fal) rejected the API key ({detail}). If "
+            "it is the fal emulator, set FAL_KEY to the key it printed when it started (by default "
+            "emulator-key-id:emulator-key-secret); to use the real fal, unset FLUX_MCP_FAL_URL.",
+            **common,
+        )
     if status == 401:
         return AuthenticationError(
             f"fal rejected the API key ({detail}). Set FAL_KEY to a valid key of the form "
@@ -147,8 +161,18 @@ def error_from_response(response: httpx.Response, phase: Phase, attempts: int = 
         )
     if error_type in ("client_cancelled", "client_disconnected") or status == 499:
         return JobFailedError(f"The job was cancelled ({detail}).", **common)
-    if status >= 500 and phase == "result" and fal_request_id(response) is not None:
-        return JobFailedError(f"The job failed on fal's side: {detail}", **common)
+    if status >= 500 and phase == "submit" and not is_ingress_error(response):
+        # fal itself answered 5xx: the job may have been queued before the error, so it is not a
+        # refusal to try again, but a submission to look for.
+        return SubmissionStateUnknownError(
+            f"fal answered HTTP {status} to the submit ({detail}) and may have queued the job anyway.",
+            **common,
+        )
+    if status >= 500 and phase == "result":
+        # Never a verdict on the job: a failed job also says so in its status, which is asked next.
+        return UpstreamUnavailableError(
+            f"fal could not serve the result right now (HTTP {status}: {detail}).", **common
+        )
     if status >= 500:
         return UpstreamUnavailableError(
             f"fal is unavailable right now (HTTP {status}: {detail}). Try again in a minute.{gave_up}",

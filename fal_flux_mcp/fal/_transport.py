@@ -39,6 +39,20 @@ Auth = Literal["key", "none"]
 ContentFactory = Callable[[], Any]
 
 
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a fal key, or None; the answer never quotes the key.
+
+    A placeholder copied from an example configuration would only earn a 401 from fal, after a round
+    trip and with a message that blames the key without saying it was never filled in.
+    """
+    if "<" in key or ">" in key or "your fal key" in key.lower() or "your-fal-key" in key.lower():
+        return "is still the placeholder from the example configuration, not a real key"
+    key_id, colon, secret = key.partition(":")
+    if not colon or not key_id or not secret or any(char.isspace() for char in key):
+        return "is not of the form key_id:key_secret"
+    return None
+
+
 class FalTransport:
     """Sends requests to fal over one shared ``httpx.AsyncClient``."""
 
@@ -56,6 +70,8 @@ class FalTransport:
         self.hosts = hosts
         self._key = key
         self.retry = retry
+        # With FLUX_MCP_FAL_URL set, a rejected key is most likely not the emulator's: say so.
+        self._local_origin = hosts.queue if hosts.overridden else None
 
     def _headers(self, url: str, auth: Auth | str, extra: Mapping[str, str] | None) -> dict[str, str]:
         headers = dict(extra or {})
@@ -65,6 +81,13 @@ class FalTransport:
                 raise MissingCredentialsError(
                     "No fal key is configured. Set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET) in the "
                     "server's environment; get a key at fal.ai/dashboard/keys."
+                )
+            if (problem := key_problem(self._key)) is not None:
+                raise MissingCredentialsError(
+                    f"The fal key (FAL_KEY, or FAL_KEY_ID and FAL_KEY_SECRET; value hidden) {problem}, so "
+                    "nothing was sent to fal. Create a key at https://fal.ai/dashboard/keys and set FAL_KEY "
+                    'to it, as key_id:key_secret, in the server\'s environment (the "env" of its entry in '
+                    "the MCP client's configuration), then restart the server."
                 )
             headers["Authorization"] = f"Key {self._key}"
         elif auth != "none":
@@ -129,7 +152,7 @@ class FalTransport:
                     )
                     await anyio.sleep(delay)
                     continue
-            raise error_from_response(response, phase, attempts=attempt)
+            raise error_from_response(response, phase, attempts=attempt, local_origin=self._local_origin)
 
     @asynccontextmanager
     async def stream(
@@ -155,7 +178,7 @@ class FalTransport:
             ) as response:
                 if not response.is_success:
                     await response.aread()
-                    raise error_from_response(response, phase)
+                    raise error_from_response(response, phase, local_origin=self._local_origin)
                 yield response
         except httpx.TransportError as exc:
             raise _transport_error(exc, phase, "idempotent", url) from None
@@ -163,14 +186,37 @@ class FalTransport:
 
 def _transport_error(exc: httpx.TransportError, phase: Phase, idempotency: Idempotency, url: str) -> FalError:
     where = without_query(url)
+    what = describe_transport_error(exc)
     if idempotency == "submit" and not surely_not_sent(exc):
         return SubmissionStateUnknownError(
-            f"The submit to {where} failed after it may have reached fal ({type(exc).__name__}). It was "
-            "not retried, so that the job is not paid for twice; check fal's dashboard (fal.ai/dashboard/"
-            "requests) before submitting again."
+            f"The submit to {where} may have reached fal, but no answer came back: {what}. It was not "
+            "retried, so that the job is not paid for twice."
         )
     if isinstance(exc, httpx.TimeoutException):
-        return FalTimeoutError(f"fal did not answer in time ({type(exc).__name__} on {phase} {where}).")
+        return FalTimeoutError(f"fal did not answer in time ({phase} {where}: {what}).")
     return UpstreamUnavailableError(
-        f"Could not reach fal ({type(exc).__name__} on {phase} {where}). Check the network and try again."
+        f"Could not reach fal ({phase} {where}: {what}). Check the network and try again."
     )
+
+
+def describe_transport_error(exc: httpx.TransportError) -> str:
+    """What went wrong on the wire, in words rather than an httpx class name."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connecting took too long"
+    if isinstance(exc, httpx.ConnectError):
+        return "the connection could not be made"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "too many requests were already open"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "the answer took too long"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "sending the request took too long"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection was closed before the answer was complete"
+    if isinstance(exc, httpx.LocalProtocolError):
+        return "the request could not be sent as HTTP (a header holds a character HTTP does not allow)"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.NetworkError):
+        return "the connection broke"
+    if isinstance(exc, httpx.ProxyError):
+        return "the proxy refused the connection"
+    return "the connection failed"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,3 +57,16 @@ class CancelResult(BaseModel):
 
     accepted: bool
     detail: str
+
+
+class HistoryItem(BaseModel):
+    """One request in fal's request history (the platform API): enough to find a submission again."""
+
+    model_config = ConfigDict(extra="allow")
+
+    request_id: str
+    endpoint_id: str | None = None
+    sent_at: str | None = None
+    started_at: str | None = None
+    status: str | None = None
+    json_input: Any = Field(default=None, description="With expand=payloads: the input as fal received it.")

@@ -17,7 +17,15 @@ _NAMESPACES = frozenset({"workflows", "comfy"})
 
 #: Hosts that may receive the key. The CDN is not among them: files there are fetched without it.
 _FAL_KEY_HOSTS = frozenset(
-    {"queue.fal.run", "fal.run", "rest.fal.ai", "rest.alpha.fal.ai", "queue.falrun.com", "falrun.com"}
+    {
+        "queue.fal.run",
+        "fal.run",
+        "rest.fal.ai",
+        "rest.alpha.fal.ai",
+        "api.fal.ai",
+        "queue.falrun.com",
+        "falrun.com",
+    }
 )
 _FAL_HOST_SUFFIXES = (".fal.run", ".fal.ai", ".fal.media")
 
@@ -73,12 +81,14 @@ class FalHosts:
             self.queue = origin
             self.run = f"{origin}/run"
             self.rest = origin
+            self.platform = f"{origin}/v1"
             self.cdn = origin
             self._key_origins = frozenset({_origin(origin)})
         else:
             self.queue = "https://queue.fal.run"
             self.run = "https://fal.run"
             self.rest = "https://rest.fal.ai"
+            self.platform = "https://api.fal.ai/v1"
             self.cdn = "https://v3.fal.media"
             self._key_origins = frozenset()
         self.overridden = bool(override)
@@ -106,6 +116,10 @@ class FalHosts:
 
     def upload_initiate_url(self, storage_type: str = "gcs") -> str:
         return f"{self.rest}/storage/upload/initiate?storage_type={storage_type}"
+
+    def request_history_url(self) -> str:
+        """fal's platform API listing an account's requests to one endpoint (``/models/requests/by-endpoint``)."""
+        return f"{self.platform}/models/requests/by-endpoint"
 
     def may_carry_key(self, url: str) -> bool:
         """Whether ``url`` is a fal host (or the configured local origin) that may see the key."""

@@ -146,6 +146,8 @@ def build_server(settings: Settings | None = None) -> FluxServer:
                 jobs.follow_in_background(record)
             for record in journal.pending_saves():
                 jobs.save_in_background(record)
+            for intent in journal.intents():  # submissions whose answer a crash lost
+                jobs.reconcile_in_background(intent)
             try:
                 yield state
             finally:

@@ -1,4 +1,19 @@
-"""The server's own exceptions: requests about a job that cannot be carried out, in words to act on."""
+"""The server's own exceptions, and how their messages quote what the caller sent.
+
+A message that quotes its input must stay short: an LLM that sent a 1 MB path or data URI by mistake
+should read what was wrong, not its own megabyte back (twice, once per mention).
+"""
+
+#: The most of a caller's value an error message quotes.
+QUOTE_LIMIT = 200
+
+
+def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` in single quotes, cut to about ``limit`` characters with the full length said."""
+    text = str(value)
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[: limit - 1]}…' ({len(text):,} characters)"
 
 
 class JobError(Exception):

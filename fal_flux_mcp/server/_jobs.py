@@ -9,9 +9,10 @@ thin on top of it; it knows the fal client's API but not HTTP, and not MCP.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,13 +25,16 @@ from fal_flux_mcp.fal import (
     JobFailedError,
     QueueHandle,
     QueueStatus,
+    RateLimitedError,
+    SubmissionStateUnknownError,
+    UpstreamUnavailableError,
     ValidationError,
 )
-from fal_flux_mcp.models import FalInput
 from fal_flux_mcp.server._errors import JobError, UnknownJobError
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import AllowedDirs, InputBuilder, no_dirs
-from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
+from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
 from fal_flux_mcp.server._schemas import GenerationParams, JobResult, JobState
@@ -47,6 +51,9 @@ _FOLLOW_SECONDS = 6 * 3600
 #: The first and the longest wait of a background follower before it asks fal again after a failure.
 _FOLLOW_RETRY_FIRST = 1.0
 _FOLLOW_RETRY_MAX = 60.0
+#: The first and the longest wait before fal's request history is read again for a leftover submission.
+_RECONCILE_RETRY_FIRST = 2.0
+_RECONCILE_RETRY_MAX = 60.0
 #: The first wait before saving an image again, and the longest (a full disk may take a while to clear).
 _SAVE_RETRY_FIRST = 1.0
 _SAVE_RETRY_MAX = 300.0
@@ -64,6 +71,13 @@ class JobService:
         self.saver = ImageSaver(settings, lambda: self.fal)
         self._following: set[str] = set()
         self._saving: set[str] = set()
+        self._reconciling: set[str] = set()
+        self.reconciler = Reconciler(
+            journal,
+            lambda: self.fal,
+            window=timedelta(seconds=settings.reconcile_window_seconds),
+            journal_arguments=journal_arguments,
+        )
         self.task_group: TaskGroup | None = None
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
 
@@ -90,40 +104,125 @@ class JobService:
         allowed_dirs: AllowedDirs = no_dirs,
         webhook_url: str | None = None,
     ) -> JobRecord:
-        """Submit to fal and journal the job before returning: from here on the job is never lost."""
+        """Submit to fal and journal the job before returning: from here on the job is never lost.
+
+        The submission is journalled as an intent before it is sent, and the intent becomes the job
+        when fal answers. If the answer is lost, the intent is looked up in fal's request history
+        (``_reconcile``) rather than sent again: a second submit could be a second payment.
+        """
         model, fal_input = await self.inputs.prepare(params, allowed_dirs)
-        handle = await self.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
+        intent = SubmitIntent(
+            intent_id=uuid.uuid4().hex,
+            endpoint_id=model.endpoint_id,
+            arguments=fal_input.model_dump(mode="json", exclude_none=True),
+            prompt=params.prompt,
+            cost_usd=model.estimate_cost(fal_input),
+            webhook_url=webhook_url,
+        )
+        try:
+            self.journal.add_intent(intent)
+        except Exception as exc:  # nothing was sent: better no job than one nobody could find again
+            logger.exception("could not journal a submission")
+            raise JobError(
+                f"The job journal in {self.settings.state_dir} cannot be written ({_reason(exc)}), so "
+                "nothing was sent to fal. Free some disk space or set FLUX_MCP_STATE_DIR to a writable folder."
+            ) from None
+        try:
+            handle = await self.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
+        except SubmissionStateUnknownError as exc:
+            self.reconcile_in_background(intent)
+            raise JobError(
+                f"{exc.message.rstrip('.')}. The submission is being looked up in fal's request history: "
+                "if fal queued it, it becomes a job that is followed and saved like any other, and "
+                "check_status lists it. Do not submit it again: that could pay for it twice."
+            ) from None
+        except FalError:
+            self.journal.drop_intent(intent.intent_id)  # fal refused it, or it never left this machine
+            raise
+        except BaseException:  # cancelled with the request in flight: fal may have it
+            self.reconcile_in_background(intent)
+            raise
         record = JobRecord(
             job_id=handle.request_id,
             endpoint_id=handle.endpoint_id,
             status_url=handle.status_url,
             response_url=handle.response_url,
             cancel_url=handle.cancel_url,
-            arguments=_journal_arguments(fal_input),
+            arguments=journal_arguments(intent.arguments),
             prompt=params.prompt,
             status="queued",
             queue_position=handle.queue_position,
-            cost_usd=model.estimate_cost(fal_input),
+            cost_usd=intent.cost_usd,
             webhook_url=webhook_url,
+            created_at=intent.created_at,
         )
         try:
-            self.journal.add(record)
+            self.journal.fulfil_intent(intent.intent_id, record)
         except Exception as exc:
             logger.exception("could not journal job %s", record.job_id)
             raise JobError(
                 f"fal accepted the job (job_id {record.job_id}) but it could not be recorded locally "
-                f"({type(exc).__name__}); keep the job_id: check_status still needs it."
+                f"({_reason(exc)}); keep the job_id: check_status still needs it."
             ) from None
         return record
+
+    def reconcile_in_background(self, intent: SubmitIntent) -> None:
+        """Keep looking a leftover submission up in fal's history until it is found or surely absent."""
+        if self.task_group is None or intent.intent_id in self._reconciling:
+            return
+        self._reconciling.add(intent.intent_id)
+        self.task_group.start_soon(self._keep_reconciling, intent, name=f"reconcile {intent.intent_id}")
+
+    async def _keep_reconciling(self, intent: SubmitIntent) -> None:
+        delay = _RECONCILE_RETRY_FIRST
+        try:
+            while True:
+                outcome, record = await self.reconciler.reconcile(intent)
+                if record is not None:
+                    self.follow_in_background(record)
+                if outcome != "waiting":
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _RECONCILE_RETRY_MAX)
+        except Exception:  # it runs in the server's task group: a failure here must not stop the server
+            logger.exception("stopped reconciling submission %s", intent.intent_id)
+        finally:
+            self._reconciling.discard(intent.intent_id)
+
+    def unconfirmed(self) -> list[SubmitIntent]:
+        """Submissions whose fate fal's history could not tell (the key may not read it)."""
+        return [intent for intent in self.journal.intents() if intent.state == "unconfirmed"]
+
+    async def find(self, job_id: str) -> JobRecord:
+        """The journalled job; an id not journalled yet may be a submission still being reconciled."""
+        if self.journal.get(job_id.strip()) is None:
+            for intent in self.journal.intents():
+                if intent.state != "pending":
+                    continue
+                try:
+                    _, record = await self.reconciler.reconcile(intent)
+                except Exception:  # one submission that cannot be looked up must not hide the others
+                    logger.exception("could not reconcile submission %s", intent.intent_id)
+                    continue
+                if record is not None:
+                    self.follow_in_background(record)
+        return self.get(job_id)
 
     def get(self, job_id: str) -> JobRecord:
         """The journalled job, or an ``UnknownJobError`` that shows what ids look like."""
         record = self.journal.get(job_id.strip())
         if record is None:
             recent = ", ".join(r.job_id for r in self.journal.recent(3)) or "none yet"
+            unconfirmed = self.unconfirmed()
+            also = (
+                f" {len(unconfirmed)} submission(s) are unconfirmed: fal may have queued them, but this "
+                "key cannot read fal's request history to tell (see fal.ai/dashboard/requests)."
+                if unconfirmed
+                else ""
+            )
             raise UnknownJobError(
                 f"No job {job_id!r} was submitted through this fal-flux-mcp (recent job ids: {recent}). Use the "
-                "job_id that generate_image or submit_job returned."
+                f"job_id that generate_image or submit_job returned.{also}"
             )
         return record
 
@@ -151,6 +250,7 @@ class JobService:
             return record, []
         log_lines: list[str] = []
         completed = False
+        deadline = anyio.current_time() + seconds
         with anyio.move_on_after(seconds):
             async with aclosing(self.fal.stream_status(self.handle(record), logs=logs)) as updates:
                 async for status in updates:
@@ -163,8 +263,21 @@ class JobService:
                         completed = True
                         break
         if completed:
-            record = await self.finish(record.job_id)
+            record = await self._finish_by(record.job_id, deadline)
         return record, log_lines
+
+    async def _finish_by(self, job_id: str, deadline: float) -> JobRecord:
+        """``finish``, trying again through fal's passing trouble until ``deadline``; then as it stands."""
+        delay = 0.25
+        while True:
+            try:
+                return await self.finish(job_id)
+            except (UpstreamUnavailableError, RateLimitedError, FalTimeoutError) as exc:
+                if anyio.current_time() + delay > deadline:
+                    raise
+                logger.info("fetching the result of %s: %s; trying again in %.2f s", job_id, exc, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _note(self, record: JobRecord, status: QueueStatus) -> JobRecord:
         state: JobState = "queued" if status.status == "IN_QUEUE" else "in_progress"
@@ -234,15 +347,17 @@ class JobService:
             except (ContentPolicyError, ValidationError, JobFailedError, FalTimeoutError) as exc:
                 if isinstance(exc, FalTimeoutError) and exc.status_code is None:
                     raise  # fal was slow to answer: the job is fine, ask again later
-                cancelled = exc.error_type in ("client_cancelled", "client_disconnected")
-                record = self.journal.update(
-                    job_id,
-                    status="cancelled" if cancelled else "failed",
-                    error=exc.message,
-                    queue_position=None,
-                )
-                await self._finished(record)
-                return record
+                return await self._failed(record, exc.message, exc.error_type)
+            except UpstreamUnavailableError:
+                # A 5xx or a broken connection says nothing about the job; its status does.
+                status = await self.fal.status(self.handle(record))
+                if status.error:
+                    return await self._failed(record, status.error, status.error_type)
+                raise
+            except FalError as exc:
+                if exc.status_code is None or not 400 <= exc.status_code < 500 or exc.status_code == 404:
+                    raise
+                return await self._failed(record, exc.message, exc.error_type)  # fal's 4xx: its verdict
             if output is None:
                 return record
             images = await self.saver.save_all(record, output)
@@ -259,6 +374,14 @@ class JobService:
         await self._finished(record)
         if record.pending_save:
             self.save_in_background(record)
+        return record
+
+    async def _failed(self, record: JobRecord, error: str, error_type: str | None) -> JobRecord:
+        cancelled = error_type in ("client_cancelled", "client_disconnected")
+        record = self.journal.update(
+            record.job_id, status="cancelled" if cancelled else "failed", error=error, queue_position=None
+        )
+        await self._finished(record)
         return record
 
     def _lock(self, job_id: str) -> anyio.Lock:
@@ -411,10 +534,16 @@ class JobService:
         return describe(record, self.settings, logs=logs, waited=waited)
 
 
-def _journal_arguments(fal_input: FalInput) -> dict[str, Any]:
+def journal_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     """The input as sent, with an inline data URI shortened: the journal keeps facts, not image bytes."""
-    arguments = fal_input.model_dump(mode="json", exclude_none=True)
     image_url = arguments.get("image_url")
     if isinstance(image_url, str) and image_url.startswith("data:"):
-        arguments["image_url"] = f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"
+        return arguments | {"image_url": f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"}
     return arguments
+
+
+def _reason(exc: Exception) -> str:
+    """Why a local operation failed, in the operating system's words rather than an exception's name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "an unexpected error"

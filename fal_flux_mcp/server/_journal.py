@@ -31,7 +31,7 @@ JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
 _JSON_FIELDS = frozenset({"arguments", "result"})
@@ -83,6 +83,39 @@ class JobRecord(BaseModel):
 
 _COLUMNS: tuple[str, ...] = tuple(JobRecord.model_fields)
 
+IntentState = Literal["pending", "unconfirmed"]
+
+
+class SubmitIntent(BaseModel):
+    """A submission about to be sent to fal, recorded first so that a crash cannot lose the job.
+
+    It becomes a ``JobRecord`` when fal answers. One left over (a crash between fal's answer and the
+    journal write, an answer lost on the way) is looked up in fal's request history by its input.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    intent_id: str = Field(min_length=1)
+    endpoint_id: str = Field(min_length=1)
+    arguments: dict[str, JsonValue] = Field(description="The fal input exactly as sent.")
+    prompt: str = ""
+    cost_usd: float | None = None
+    webhook_url: str | None = None
+    created_at: AwareDatetime = Field(default_factory=_now)
+    state: IntentState = Field(
+        default="pending",
+        description="pending: being reconciled; unconfirmed: fal's history cannot be read with this key.",
+    )
+    note: str | None = Field(default=None, description="What reconciliation found so far.")
+
+    @field_validator("created_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+_INTENT_COLUMNS: tuple[str, ...] = tuple(SubmitIntent.model_fields)
+
 _SCHEMA: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS jobs (
         job_id          TEXT PRIMARY KEY,
@@ -122,7 +155,8 @@ class Journal:
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a committed intent or job survives a power cut too, not only a killed process.
+            self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except BaseException:
             self._db.close()
@@ -147,7 +181,21 @@ class Journal:
                     self._db.execute(
                         "CREATE INDEX jobs_pending_save ON jobs (pending_save) WHERE pending_save"
                     )
-                # Further migrations: `if version < 3: ...` here.
+                if version < 3:  # submissions are recorded before they are sent (see SubmitIntent)
+                    self._db.execute(
+                        """CREATE TABLE intents (
+                            intent_id    TEXT PRIMARY KEY,
+                            endpoint_id  TEXT NOT NULL,
+                            arguments    TEXT NOT NULL,
+                            prompt       TEXT NOT NULL,
+                            cost_usd     REAL,
+                            webhook_url  TEXT,
+                            created_at   TEXT NOT NULL,
+                            state        TEXT NOT NULL CHECK (state IN ('pending', 'unconfirmed')),
+                            note         TEXT
+                        )"""
+                    )
+                # Further migrations: `if version < 4: ...` here.
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -181,6 +229,55 @@ class Journal:
                 [row[column] for column in _COLUMNS],
             )
             return cursor.rowcount == 1
+
+    def add_intent(self, intent: SubmitIntent) -> None:
+        """Record a submission before it is sent; committed (durably) when this returns."""
+        row = _intent_row(intent)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO intents ({', '.join(_INTENT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _INTENT_COLUMNS)})",
+                [row[column] for column in _INTENT_COLUMNS],
+            )
+
+    def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
+        """The intent became ``record``: store the job and drop the intent in one transaction.
+
+        False (and nothing changed) if the job is already stored, e.g. found twice by reconciliation.
+        """
+        row = _to_row(record)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                added = self._db.execute(
+                    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+                    "ON CONFLICT (job_id) DO NOTHING",
+                    [row[column] for column in _COLUMNS],
+                ).rowcount
+                self._db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return added == 1
+
+    def drop_intent(self, intent_id: str) -> None:
+        """Forget an intent: fal surely has no job for it (refused, never sent, not in its history)."""
+        with self._lock:
+            self._db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+
+    def update_intent(self, intent_id: str, *, state: IntentState, note: str | None) -> None:
+        """Record what reconciliation found so far."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE intents SET state = ?, note = ? WHERE intent_id = ?", (state, note, intent_id)
+            )
+
+    def intents(self) -> list[SubmitIntent]:
+        """Submissions not yet known to be jobs, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM intents ORDER BY created_at, rowid").fetchall()
+        return [_intent_from_row(row) for row in rows]
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with fal request id ``job_id``, or None if this journal never saw it."""
@@ -269,6 +366,20 @@ def _to_row(record: JobRecord) -> dict[str, Any]:
             # Fixed-width UTC ISO text, so SQL's text ordering is time ordering.
             row[name] = row[name].astimezone(UTC).isoformat(timespec="microseconds")
     return row
+
+
+def _intent_row(intent: SubmitIntent) -> dict[str, Any]:
+    row: dict[str, Any] = intent.model_dump()
+    row["arguments"] = json.dumps(row["arguments"], ensure_ascii=False, separators=(",", ":"))
+    row["created_at"] = intent.created_at.isoformat(timespec="microseconds")
+    return row
+
+
+def _intent_from_row(row: sqlite3.Row) -> SubmitIntent:
+    values: dict[str, Any] = {name: row[name] for name in _INTENT_COLUMNS}
+    values["arguments"] = json.loads(values["arguments"])
+    values["created_at"] = datetime.fromisoformat(values["created_at"])
+    return SubmitIntent.model_validate(values)
 
 
 def _from_row(row: sqlite3.Row) -> JobRecord:

@@ -235,6 +235,15 @@ class ImageInfo(BaseModel):
         return data
 
 
+class UnconfirmedSubmission(BaseModel):
+    """A submission whose answer was lost and which fal's request history could not confirm."""
+
+    model: str = Field(description="fal endpoint id it was sent to.")
+    prompt: str = Field(description="Its prompt.")
+    submitted_at: datetime = Field(description="When it was sent (UTC).")
+    note: str = Field(description="What is known, and what to do.")
+
+
 class JobResult(BaseModel):
     """A job's state, and once it completed, its images. Everything the model needs is here."""
 
@@ -252,6 +261,11 @@ class JobResult(BaseModel):
     logs: list[str] | None = Field(default=None, description="fal's log lines, when asked for.")
     created_at: datetime | None = Field(default=None, description="When the job was submitted (UTC).")
     completed_at: datetime | None = Field(default=None, description="When it finished (UTC).")
+    unconfirmed_submissions: list[UnconfirmedSubmission] | None = Field(
+        default=None,
+        description="Submissions fal may have queued (and charged) that this key cannot confirm; do not "
+        "submit them again.",
+    )
 
 
 class CancelResultOut(BaseModel):

@@ -48,6 +48,7 @@ from fal_flux_mcp.server._schemas import (
     NoParams,
     StatusParams,
     SubmitParams,
+    UnconfirmedSubmission,
     UploadParams,
     UploadResult,
     image_name,
@@ -163,6 +164,11 @@ async def _job_result(
         lines.append(f"- image {image.index + 1}: {image.url}{where} ({image.width}x{image.height})")
     if result.cost_usd is not None:
         lines.append(f"Estimated cost: ${result.cost_usd:.3f}")
+    for unconfirmed in result.unconfirmed_submissions or []:
+        lines.append(
+            f"Unconfirmed submission ({unconfirmed.model}, {unconfirmed.submitted_at:%Y-%m-%d %H:%M} UTC, "
+            f"{unconfirmed.prompt[:60]!r}): {unconfirmed.note}"
+        )
     content: list[ContentBlock] = [TextContent(text="\n".join(lines))]
     if result.status == "completed":
         for preview in await state.jobs.previews(record):
@@ -299,7 +305,7 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         progress = _Progress(ctx)
         with _tool_errors():
-            record = state.jobs.get(params.job_id)
+            record = await state.jobs.find(params.job_id)
             if record.pending_save:
                 record = await state.jobs.retry_saves(record)
             logs: list[str] = []
@@ -318,6 +324,17 @@ def register_tools(server: FluxServer) -> None:
                 if not record.is_terminal:
                     state.jobs.follow_in_background(record)
         result = state.jobs.describe(record, logs=logs if params.include_logs else None)
+        unconfirmed = [
+            UnconfirmedSubmission(
+                model=intent.endpoint_id,
+                prompt=intent.prompt,
+                submitted_at=intent.created_at,
+                note=intent.note or "",
+            )
+            for intent in state.jobs.unconfirmed()
+        ]
+        if unconfirmed:
+            result = result.model_copy(update={"unconfirmed_submissions": unconfirmed})
         if result.status == "failed":  # a status report, not a failed call
             return CallToolResult(
                 content=[TextContent(text=f"Job {result.job_id}: failed. {result.error}")],

@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import anyio.lowlevel
 
+from fal_flux_mcp.server._errors import quoted
 from fal_flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
 
 _ACCEPTED = "JPEG, PNG, WebP, GIF or AVIF"
@@ -133,23 +134,25 @@ def resolve_local_image(
     if text.lower().startswith("file:"):
         converted = _file_uri_to_path(text, windows=os.name == "nt")
         if converted is None:
-            raise UploadRefused(f"'{text}' is not a local file URI. Give an absolute path inside {where}.")
+            raise UploadRefused(
+                f"{quoted(text)} is not a local file URI. Give an absolute path inside {where}."
+            )
         text = converted
     given = Path(text).expanduser()
     if not given.is_absolute():
         raise UploadRefused(
-            f"'{path}' is a relative path. The server's working directory is not the user's (desktop clients "
-            f"start it in / or an app folder), so give the full path, e.g. '{roots[0] / given}'."
+            f"{quoted(path)} is a relative path. The server's working directory is not the user's (desktop clients "
+            f"start it in / or an app folder), so give the full path, e.g. {quoted(roots[0] / given)}."
         )
 
     outside = UploadRefused(
-        f"'{given}' is outside the allowed directories ({where}). Ask the user to add its folder to "
+        f"{quoted(given)} is outside the allowed directories ({where}). Ask the user to add its folder to "
         "FLUX_MCP_ALLOWED_DIRS or to share it as an MCP root, or to move the image into one of those folders."
     )
     try:
         resolved = given.resolve(strict=False)
     except (OSError, RuntimeError) as exc:  # symlink loop
-        raise UploadRefused(f"'{given}' cannot be resolved ({exc}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be resolved ({_reason(exc)}).") from exc
     inside = any(resolved.is_relative_to(root) for root in roots)
     try:
         real = given.resolve(strict=True)
@@ -159,41 +162,41 @@ def resolve_local_image(
             raise outside from None  # do not reveal what exists outside the allowed folders
         if isinstance(exc, FileNotFoundError):
             raise UploadRefused(
-                f"'{given}' does not exist. Check the file name; images must be inside {where}."
+                f"{quoted(given)} does not exist. Check the file name; images must be inside {where}."
             ) from None
-        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be read ({_reason(exc)}).") from exc
     if not inside and not _inside_by_identity(real, roots):
         raise outside
 
     if stat.S_ISDIR(info.st_mode):
-        raise UploadRefused(f"'{given}' is a folder. Give the path of an image file inside it.")
+        raise UploadRefused(f"{quoted(given)} is a folder. Give the path of an image file inside it.")
     if not stat.S_ISREG(info.st_mode):
         raise UploadRefused(
-            f"'{given}' is not a regular file (a device, pipe or socket). Give an image file."
+            f"{quoted(given)} is not a regular file (a device, pipe or socket). Give an image file."
         )
     file = _open_no_follow(real, given)
     try:
         opened = os.fstat(file.fileno())
         if not os.path.samestat(opened, info) or not stat.S_ISREG(opened.st_mode):
-            raise UploadRefused(f"'{given}' changed while it was being checked; try the upload again.")
+            raise UploadRefused(f"{quoted(given)} changed while it was being checked; try the upload again.")
         if not _open_file_inside(file.fileno(), real, roots):
             raise outside
         if opened.st_nlink > 1 and not allow_hard_links:
             raise UploadRefused(
-                f"'{given}' has {opened.st_nlink} hard links, and a hard link inside an allowed folder can "
+                f"{quoted(given)} has {opened.st_nlink} hard links, and a hard link inside an allowed folder can "
                 "name any file on the filesystem, so it is not uploaded: copy the image into the folder "
                 "(a copy has one link), or ask the user to set FLUX_MCP_ALLOW_HARD_LINKS=true."
             )
         if opened.st_size == 0:
-            raise UploadRefused(f"'{given}' is empty (0 bytes). Give an image file.")
+            raise UploadRefused(f"{quoted(given)} is empty (0 bytes). Give an image file.")
         if opened.st_size > max_bytes:
             raise UploadRefused(
-                f"'{given}' is {_megabytes(opened.st_size)}, over the {_megabytes(max_bytes)} upload limit "
+                f"{quoted(given)} is {_megabytes(opened.st_size)}, over the {_megabytes(max_bytes)} upload limit "
                 "(FLUX_MCP_UPLOAD_MAX_BYTES). Use a smaller or more compressed version of the image."
             )
         content_type = sniff_content_type(file.read(_HEADER_BYTES) or b"")
         if content_type is None:
-            raise UploadRefused(f"'{given}' is not an image fal accepts: {_describe_content(file)}.")
+            raise UploadRefused(f"{quoted(given)} is not an image fal accepts: {_describe_content(file)}.")
         name = _upload_file_name(given.name, content_type)
         return LocalImage(
             path=real, size=opened.st_size, content_type=content_type, file_name=name, file=file
@@ -351,10 +354,10 @@ def _open_no_follow(real: Path, given: Path) -> io.FileIO:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: FreeBSD's answer to O_NOFOLLOW
             raise UploadRefused(
-                f"'{given}' was replaced by a symbolic link while it was being checked; give the path of "
+                f"{quoted(given)} was replaced by a symbolic link while it was being checked; give the path of "
                 "the image itself."
             ) from None
-        raise UploadRefused(f"'{given}' cannot be read ({exc.__class__.__name__}: {exc}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be read ({_reason(exc)}).") from exc
     return io.FileIO(fd, "r")
 
 
@@ -415,3 +418,10 @@ def _upload_file_name(name: str | None, content_type: str) -> str:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be used, in the system's words, without repeating its (possibly huge) name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return "a symbolic link loop" if isinstance(exc, RuntimeError) else type(exc).__name__

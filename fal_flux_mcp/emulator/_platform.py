@@ -1,0 +1,85 @@
+"""fal's platform API on the emulator: the account's request history (``/v1/models/requests/by-endpoint``).
+
+The server looks a submission up here when its answer was lost. Like fal, the history needs a key and
+may be refused to a key without the permission (``EmulatorConfig.history_permission``: 403). Items
+carry ``request_id``, ``endpoint_id``, ``sent_at``, ``started_at`` and ``status``, and with
+``expand=payloads`` the request's ``json_input`` as it was received.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from fal_flux_mcp.emulator import _jobs as jobs
+
+if TYPE_CHECKING:
+    from fal_flux_mcp.emulator._app import Core
+
+_MAX_LIMIT = 100
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat()
+
+
+def _time(value: str | None) -> float | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _item(job: jobs.Job, payloads: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "request_id": job.request_id,
+        "endpoint_id": job.endpoint_id,
+        "sent_at": _iso(job.submitted_at + job.wall_offset),
+        "started_at": None if job.started_at is None else _iso(job.started_at + job.wall_offset),
+        "status": "success" if job.finished_at is not None and job.outcome == jobs.OK else job.state,
+    }
+    if payloads:
+        item["json_input"] = job.arguments
+    return item
+
+
+async def request_history(core: Core, request: Request) -> Response:
+    """The requests this emulator received for one endpoint in a time window, oldest first, paged."""
+    if (denied := core.check_key(request)) is not None:
+        return denied
+    if not core.config.history_permission:
+        return JSONResponse(
+            {"detail": "This API key does not have permission to read request history."}, status_code=403
+        )
+    query = request.query_params
+    endpoint_id = query.get("endpoint_id")
+    if not endpoint_id:
+        return JSONResponse({"detail": "endpoint_id is required"}, status_code=422)
+    try:
+        start, end = _time(query.get("start")), _time(query.get("end"))
+        limit = min(_MAX_LIMIT, max(1, int(query.get("limit", "50"))))
+        offset = int(query.get("cursor") or 0)
+    except ValueError as exc:
+        return JSONResponse({"detail": f"invalid query: {exc}"}, status_code=422)
+    now = time.time()
+    found = [
+        job
+        for job in sorted(core.store.jobs.values(), key=lambda job: job.submitted_at)
+        if job.endpoint_id == endpoint_id
+        and not job.sync
+        and (start is None or job.submitted_at + job.wall_offset >= start)
+        and (end is None or job.submitted_at + job.wall_offset <= min(end, now))
+    ]
+    page = found[offset : offset + limit]
+    more = offset + limit < len(found)
+    return JSONResponse(
+        {
+            "items": [_item(job, query.get("expand") == "payloads") for job in page],
+            "has_more": more,
+            "next_cursor": str(offset + limit) if more else None,
+        }
+    )

@@ -1,0 +1,69 @@
+"""Keys against the emulator: which one it takes, how it says so, and keys that must never leave.
+
+Someone pointing their own code (or fal-flux-mcp) at the emulator with the wrong key should learn the
+right one from the answer; a key that is still a placeholder should not be sent anywhere at all. (The
+``fal-flux-mcp emulator`` command and the README's fal-client example are in test_cli.py.)
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from mcp import Client
+from pydantic import SecretStr
+
+from fal_flux_mcp.emulator import DEFAULT_KEY, Emulator
+from fal_flux_mcp.fal import AuthenticationError, FalClient, MissingCredentialsError, RetryPolicy
+from fal_flux_mcp.server import build_server
+from fal_flux_mcp.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+SCHNELL = "fal-ai/flux/schnell"
+PLACEHOLDER = "<your fal key, key_id:key_secret, from fal.ai/dashboard/keys>"
+FAST_RETRY = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02)
+
+
+async def test_the_401_says_which_key_the_emulator_accepts(emulator: Emulator) -> None:
+    async with httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": "Key a:b"}) as http:
+        wrong = await http.post(f"/{SCHNELL}", json={"prompt": "x"})
+        emulator.config.key = "team-id:team-secret"
+        other = await http.post(f"/{SCHNELL}", json={"prompt": "x"})
+        emulator.config.accept_any_key = True
+        missing = await http.post(f"/{SCHNELL}", json={"prompt": "x"}, headers={"Authorization": ""})
+    assert wrong.status_code == 401
+    assert f"accepts the key {DEFAULT_KEY}; set FAL_KEY to it" in wrong.json()["detail"]
+    assert "accepts the key team-id:team-secret" in other.json()["detail"]
+    assert "accepts any key of the form id:secret" in missing.json()["detail"]
+
+
+async def test_our_client_says_the_emulator_key_is_the_fix_when_fal_url_is_set(emulator: Emulator) -> None:
+    settings = Settings(fal_key="my-real-id:my-real-secret", fal_url=emulator.url, retry_attempts=1)
+    async with FalClient.from_settings(settings) as client:
+        with pytest.raises(AuthenticationError) as raised:
+            await client.submit(SCHNELL, {"prompt": "x"})
+    message = raised.value.message
+    assert "FLUX_MCP_FAL_URL" in message and DEFAULT_KEY in message and "emulator" in message
+    assert "my-real-secret" not in message
+
+
+@pytest.mark.parametrize("key", [PLACEHOLDER, "your fal key", "no-colon-at-all", "lonely-key-id:"])
+async def test_a_key_that_cannot_be_one_is_never_sent(emulator: Emulator, key: str) -> None:
+    async with FalClient(key, base_url=emulator.url, retry=FAST_RETRY) as client:
+        with pytest.raises(MissingCredentialsError, match=r"fal\.ai/dashboard/keys") as raised:
+            await client.submit(SCHNELL, {"prompt": "x"})
+    assert "nothing was sent to fal" in raised.value.message and key not in raised.value.message
+    assert sum(emulator.counters.values()) == 0
+
+
+async def test_a_placeholder_key_makes_a_clear_tool_error_and_no_request(
+    settings: Settings, emulator: Emulator
+) -> None:
+    settings.fal_key = SecretStr(PLACEHOLDER)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate_image", {"prompt": "a fox", "model": SCHNELL})
+        models = await client.call_tool("list_models", {})
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert result.is_error and "placeholder" in text and "fal.ai/dashboard/keys" in text
+    assert not models.is_error  # the server is still useful without a key
+    assert sum(emulator.counters.values()) == 0
