@@ -7,6 +7,8 @@ right one from the answer; a key that is still a placeholder should not be sent 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from mcp import Client
@@ -66,4 +68,34 @@ async def test_a_placeholder_key_makes_a_clear_tool_error_and_no_request(
     text = " ".join(getattr(block, "text", "") for block in result.content)
     assert result.is_error and "placeholder" in text and "fal.ai/dashboard/keys" in text
     assert not models.is_error  # the server is still useful without a key
+    assert sum(emulator.counters.values()) == 0
+
+
+async def test_a_key_with_a_trailing_newline_works(emulator: Emulator, tmp_path: Path) -> None:
+    """A key pasted with its line break (``FAL_KEY=$(cat key.txt)``) is the key, not a transport error."""
+    settings = Settings(
+        fal_key=emulator.key + "\n",
+        fal_url=emulator.url,
+        output_dir=tmp_path / "out",
+        state_dir=tmp_path / "state",
+    )
+    emulator.config.job_seconds = 0.05
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate_image", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+    assert not result.is_error and result.structured_content["status"] == "completed"
+
+
+async def test_a_key_with_characters_no_header_can_carry_is_never_sent(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    settings = Settings(
+        fal_key=emulator.key + "\x7f",
+        fal_url=emulator.url,
+        output_dir=tmp_path / "o",
+        state_dir=tmp_path / "s",
+    )
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("generate_image", {"prompt": "x", "model": "fal-ai/flux/schnell"})
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    assert result.is_error and "cannot carry" in text and "nothing was sent" in text
     assert sum(emulator.counters.values()) == 0

@@ -117,3 +117,41 @@ async def test_tool_descriptions_carry_no_docstring_indentation(settings: Settin
     for tool in tools:
         assert tool.description
         assert all(line == line.lstrip() for line in tool.description.splitlines()), tool.name
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        (
+            "generate_image",
+            {"prompt": "x", "model": "fal-ai/flux-pro/kontext", "image_url": "/" + "a" * 1_000_000},
+        ),
+        ("upload_file", {"path": "/tmp/" + "b" * 1_000_000}),
+        ("upload_file", {"data": "%" * 1_000_000}),
+        ("check_status", {"job_id": "c" * 1_000_000}),
+        ("generate_image", {"prompt": "x", "aspect_ratio": "d" * 1_000_000}),
+    ],
+)
+async def test_an_error_about_a_huge_argument_quotes_only_a_little_of_it(
+    settings: Settings, tool: str, arguments: dict[str, Any]
+) -> None:
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(tool, arguments)
+    assert result.is_error
+    assert len(text_of(result)) < 2_000, text_of(result)[:300]
+
+
+def test_no_result_exceeds_one_megabyte() -> None:
+    from mcp.types import ImageContent, TextContent
+
+    from fal_flux_mcp.server._app import RESULT_LIMIT, fit_result
+
+    huge = CallToolResult(
+        content=[TextContent(text="x" * 900_000), ImageContent(data="A" * 400_000, mime_type="image/jpeg")],
+        structured_content={"logs": ["line " * 100] * 5_000, "message": "y" * 600_000},
+    )
+    fitted = fit_result(huge)
+    assert len(fitted.model_dump_json(by_alias=True, exclude_none=True)) <= RESULT_LIMIT
+    assert "Previews were left out" in text_of(fitted)
+    small = CallToolResult(content=[TextContent(text="ok")])
+    assert fit_result(small) is small

@@ -50,6 +50,8 @@ def key_problem(key: str) -> str | None:
     key_id, colon, secret = key.partition(":")
     if not colon or not key_id or not secret or any(char.isspace() for char in key):
         return "is not of the form key_id:key_secret"
+    if not all(0x21 <= ord(char) <= 0x7E for char in key):
+        return "holds characters an HTTP header cannot carry (a copy-paste artefact?)"
     return None
 
 

@@ -17,7 +17,7 @@ import anyio
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
-from mcp.types import CallToolResult, InputRequiredResult, Resource, TextContent
+from mcp.types import CallToolResult, ImageContent, InputRequiredResult, Resource, TextContent
 from pydantic import AnyUrl, BaseModel
 
 from fal_flux_mcp._version import __version__
@@ -77,7 +77,8 @@ class FluxServer(MCPServer[AppState]):
         if problem is not None:
             logger.info("tool %s refused arguments %s", name, sorted(arguments))
             return CallToolResult(content=[TextContent(text=problem)], is_error=True)
-        return await super().call_tool(name, arguments, context)
+        result = await super().call_tool(name, arguments, context)
+        return fit_result(result) if isinstance(result, CallToolResult) else result
 
     async def list_resources(self) -> list[Resource]:
         resources = await super().list_resources()
@@ -119,6 +120,52 @@ class FluxServer(MCPServer[AppState]):
         ]
 
 
+#: Clients refuse a tool result over 1 MiB ("result exceeds maximum length of 1048576"); stay under.
+RESULT_LIMIT = 1_000_000
+#: The longest text kept in a result that had to be cut down.
+_CUT_TEXT = 20_000
+
+
+def fit_result(result: CallToolResult) -> CallToolResult:
+    """``result`` made to fit ``RESULT_LIMIT``: previews go first, then overlong texts are cut.
+
+    Previews are budgeted to fit already; this is the guarantee for everything else (long logs, a
+    message quoting a huge argument), so that no answer is lost to a client's size limit.
+    """
+    if len(result.model_dump_json(by_alias=True, exclude_none=True)) <= RESULT_LIMIT:
+        return result
+    content = [block for block in result.content if not isinstance(block, ImageContent)]
+    if len(content) < len(result.content):
+        content.append(TextContent(text="Previews were left out to keep this answer under 1 MB."))
+    fitted = result.model_copy(update={"content": content})
+    if len(fitted.model_dump_json(by_alias=True, exclude_none=True)) <= RESULT_LIMIT:
+        return fitted
+    return fitted.model_copy(
+        update={
+            "content": [_cut(block) for block in content],
+            "structured_content": _cut_strings(fitted.structured_content),
+        }
+    )
+
+
+def _cut(block: Any) -> Any:
+    if isinstance(block, TextContent) and len(block.text) > _CUT_TEXT:
+        return block.model_copy(
+            update={"text": block.text[:_CUT_TEXT] + f"… (cut from {len(block.text):,} characters)"}
+        )
+    return block
+
+
+def _cut_strings(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _CUT_TEXT:
+        return value[:_CUT_TEXT] + "…"
+    if isinstance(value, list):
+        return [_cut_strings(item) for item in value[-200:]]  # the latest of a long list (log lines)
+    if isinstance(value, dict):
+        return {key: _cut_strings(item) for key, item in value.items()}
+    return value
+
+
 def build_server(settings: Settings | None = None) -> FluxServer:
     """The fal-flux-mcp MCP server, configured by ``settings`` (default: from the environment)."""
     from fal_flux_mcp.server._resources import register_resources
@@ -132,7 +179,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         journal = Journal(settings.state_dir / "jobs.sqlite3")
         jobs = JobService(settings, journal)
         async with anyio.create_task_group() as group:
-            jobs.task_group = group
+            jobs.background.task_group = group
 
             async def announce(record: JobRecord) -> None:
                 await server.bus.publish(ResourceUpdated(uri=job_uri(record.job_id)))
