@@ -2,7 +2,9 @@
 
 ``stdio_client.py`` and ``webhook_receiver.py`` run as subprocesses, as a user would run them, and the
 tests check what a user sees: the exit status, the files written, the lines printed, the HTTP answers.
-``agent_pydantic_ai.py`` needs pydantic-ai, which is not a test dependency, so it is not run here.
+``agent_openai_agents.py`` runs with openai-agents' own MCP client, with the timeout it needs and with
+its 5 s default. ``agent_pydantic_ai.py`` needs pydantic-ai, which is not a test dependency, so it is
+not run here.
 """
 
 from __future__ import annotations
@@ -52,6 +54,45 @@ def field(output: str, label: str) -> str:
     match = re.search(rf"^\s*{re.escape(label)}\s*(\S+)\s*$", output, re.MULTILINE)
     assert match, f"no {label!r} line in:\n{output}"
     return match.group(1)
+
+
+# --------------------------------------------------------------------------------------------------
+# agent_openai_agents.py
+
+
+def run_openai_agents(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "agent_openai_agents.py"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def test_openai_agents_with_a_long_enough_timeout_gets_the_image(tmp_path: Path) -> None:
+    completed = run_openai_agents(tmp_path)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    saved = Path(field(completed.stdout, "saved to"))
+    assert saved.is_file() and saved.parent == tmp_path / "out"
+    assert "client_session_timeout_seconds=60" in (EXAMPLES / "agent_openai_agents.py").read_text()
+
+
+def test_openai_agents_timing_out_leaves_the_running_job_to_finish_and_be_saved(tmp_path: Path) -> None:
+    """Its call is cancelled after 1 s while fal runs the 3 s job: the image is still saved."""
+    completed = run_openai_agents(tmp_path, "--timeout", "1", "--job-seconds", "3")
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert "timed out" in completed.stdout
+    (saved,) = (tmp_path / "out").glob("*.jpg")
+    assert Path(field(completed.stdout, "saved anyway:")) == saved
 
 
 # --------------------------------------------------------------------------------------------------
