@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from fal_flux_mcp.fal import (
     ContentPolicyError,
@@ -30,6 +29,7 @@ from fal_flux_mcp.fal import (
     UpstreamUnavailableError,
     ValidationError,
 )
+from fal_flux_mcp.server._background import Background
 from fal_flux_mcp.server._errors import JobError, UnknownJobError
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import AllowedDirs, InputBuilder, no_dirs
@@ -69,16 +69,13 @@ class JobService:
         self._locks: dict[str, anyio.Lock] = {}
         self.inputs = InputBuilder(settings, lambda: self.fal)
         self.saver = ImageSaver(settings, lambda: self.fal)
-        self._following: set[str] = set()
-        self._saving: set[str] = set()
-        self._reconciling: set[str] = set()
+        self.background = Background()
         self.reconciler = Reconciler(
             journal,
             lambda: self.fal,
             window=timedelta(seconds=settings.reconcile_window_seconds),
             journal_arguments=journal_arguments,
         )
-        self.task_group: TaskGroup | None = None
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
 
     @property
@@ -168,26 +165,19 @@ class JobService:
 
     def reconcile_in_background(self, intent: SubmitIntent) -> None:
         """Keep looking a leftover submission up in fal's history until it is found or surely absent."""
-        if self.task_group is None or intent.intent_id in self._reconciling:
-            return
-        self._reconciling.add(intent.intent_id)
-        self.task_group.start_soon(self._keep_reconciling, intent, name=f"reconcile {intent.intent_id}")
 
-    async def _keep_reconciling(self, intent: SubmitIntent) -> None:
-        delay = _RECONCILE_RETRY_FIRST
-        try:
-            while True:
-                outcome, record = await self.reconciler.reconcile(intent)
-                if record is not None:
-                    self.follow_in_background(record)
-                if outcome != "waiting":
-                    return
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _RECONCILE_RETRY_MAX)
-        except Exception:  # it runs in the server's task group: a failure here must not stop the server
-            logger.exception("stopped reconciling submission %s", intent.intent_id)
-        finally:
-            self._reconciling.discard(intent.intent_id)
+        async def attempt() -> bool:
+            outcome, record = await self.reconciler.reconcile(intent)
+            if record is not None:
+                self.follow_in_background(record)
+            return outcome != "waiting"
+
+        self.background.start(
+            f"reconcile {intent.intent_id}",
+            attempt,
+            first_delay=_RECONCILE_RETRY_FIRST,
+            max_delay=_RECONCILE_RETRY_MAX,
+        )
 
     def unconfirmed(self) -> list[SubmitIntent]:
         """Submissions whose fate fal's history could not tell (the key may not read it)."""
@@ -298,41 +288,30 @@ class JobService:
         return self._note(record, status), lines
 
     def follow_in_background(self, record: JobRecord) -> None:
-        """Keep following a job nobody waits for, so its files are saved when it completes."""
-        if self.task_group is None or record.is_terminal or record.job_id in self._following:
-            return
-        self._following.add(record.job_id)
-        self.task_group.start_soon(self._follow_quietly, record, name=f"follow {record.job_id}")
+        """Keep following a job nobody waits for, so its files are saved when it completes.
 
-    async def _follow_quietly(self, record: JobRecord) -> None:
-        """Follow until the job is finished or the follow time is up, whatever fal's trouble meanwhile.
-
-        Every read is retried inside the fal client already; what still fails here (fal down for a
-        while, a rate limit that outlasts the retries) is waited out with a backoff, never given up on.
+        Every read is retried inside the fal client already; what still fails (fal down for a while,
+        a rate limit that outlasts the retries) is waited out with a backoff, never given up on
+        before the job's follow time is over.
         """
+        if record.is_terminal:
+            return
+        job_id = record.job_id
         deadline = anyio.current_time() + _FOLLOW_SECONDS
-        delay = _FOLLOW_RETRY_FIRST
-        try:
-            while not record.is_terminal and (left := deadline - anyio.current_time()) > 0:
-                try:
-                    record, _ = await self.follow(record, seconds=left)
-                except FalError as exc:
-                    logger.info("following %s: %s; trying again in %.0f s", record.job_id, exc, delay)
-                    await anyio.sleep(min(delay, max(0.0, deadline - anyio.current_time())))
-                    delay = min(delay * 2, _FOLLOW_RETRY_MAX)
-                    record = self.get(record.job_id)
-                else:
-                    delay = _FOLLOW_RETRY_FIRST
-            if not record.is_terminal:
-                logger.warning(
-                    "stopped following %s after %d s; check_status still finds it",
-                    record.job_id,
-                    _FOLLOW_SECONDS,
-                )
-        except Exception:  # it runs in the server's task group: a failure here must not stop the server
-            logger.exception("stopped following %s", record.job_id)
-        finally:
-            self._following.discard(record.job_id)
+
+        async def attempt() -> bool:
+            current = self.get(job_id)
+            if not current.is_terminal and (left := deadline - anyio.current_time()) > 0:
+                await self.follow(current, seconds=left)
+            return True  # finished, or its follow time is over: check_status still finds it
+
+        self.background.start(
+            f"follow {job_id}",
+            attempt,
+            first_delay=_FOLLOW_RETRY_FIRST,
+            max_delay=_FOLLOW_RETRY_MAX,
+            give_up_after=_FOLLOW_SECONDS,
+        )
 
     # ------------------------------------------------------------------------------------ finishing
 
@@ -418,112 +397,24 @@ class JobService:
 
     def save_in_background(self, record: JobRecord) -> None:
         """Keep retrying a job's unsaved images, backing off, until they are saved or fal's URL is gone."""
-        if self.task_group is None or record.job_id in self._saving:
-            return
-        self._saving.add(record.job_id)
-        self.task_group.start_soon(self._keep_saving, record, name=f"save {record.job_id}")
+        job_id = record.job_id
 
-    async def _keep_saving(self, record: JobRecord) -> None:
-        delay = _SAVE_RETRY_FIRST
-        try:
-            while record.pending_save:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _SAVE_RETRY_MAX)
-                record = await self.retry_saves(record)
-        except Exception:  # it runs in the server's task group: a failure here must not stop the server
-            logger.exception("stopped retrying the saves of %s", record.job_id)
-        finally:
-            self._saving.discard(record.job_id)
+        async def attempt() -> bool:
+            return not (await self.retry_saves(self.get(job_id))).pending_save
+
+        self.background.start(
+            f"save {job_id}",
+            attempt,
+            first_delay=_SAVE_RETRY_FIRST,
+            max_delay=_SAVE_RETRY_MAX,
+            wait_first=True,
+        )
 
     async def previews(self, record: JobRecord) -> list[Preview]:
         """The previews made when the job finished (an image whose preview is missing is skipped)."""
         if not record.result:
             return []
         return await self.saver.previews(record.job_id, JobResult.model_validate(record.result).images)
-
-    # ------------------------------------------------------------------------------------ cancelling
-
-    async def cancel(self, job_id: str) -> tuple[JobRecord, bool, str]:
-        """Cancel on fal. Returns the job, whether the cancel was accepted, and what happened, in words.
-
-        The job is journalled as cancelled only when fal says so: a running job that fal could not
-        stop still completes, is paid for, and its images are saved like any other's.
-        """
-        record = self.get(job_id)
-        if record.is_terminal:
-            return record, False, f"The job had already finished ({record.status}); nothing to cancel."
-        before = await self.fal.status(self.handle(record))
-        if before.done:
-            record = await self.finish(job_id)
-            return record, False, f"The job had already finished ({record.status}); nothing to cancel."
-        was_running = before.status == "IN_PROGRESS"
-        answer = await self.fal.cancel(self.handle(record))
-        if not answer.accepted:
-            record = await self.finish(job_id)
-            return record, False, f"The job finished ({record.status}) before the cancel reached it."
-        record, _ = await self.poll(record)
-        if record.status == "cancelled":
-            if was_running:
-                return (
-                    record,
-                    True,
-                    (
-                        "Stopped while it was running on fal. No images were made; fal may still bill the "
-                        "time it had already run."
-                    ),
-                )
-            return record, True, "Cancelled while it was still queued: it never ran and costs nothing."
-        if record.is_terminal:
-            return record, False, f"The job finished ({record.status}) before the cancel reached it."
-        self.follow_in_background(record)
-        if was_running:
-            return (
-                record,
-                True,
-                (
-                    "The job was already running, so fal was asked to stop it; a running job stops only if "
-                    "the model allows it. If it finishes anyway it is paid for and its images are saved; "
-                    "check_status shows the outcome."
-                ),
-            )
-        return (
-            record,
-            True,
-            ("Cancellation requested while the job was queued; check_status shows when fal confirms it."),
-        )
-
-    async def stop_waiting(self, record: JobRecord) -> None:
-        """The client gave up on a call that was waiting for ``record``: cancel the job only if free.
-
-        A queued job is cancelled: it never runs, so it costs nothing. A running job is paid for
-        whatever happens now, so it is kept, followed in the background and its images saved. Agent
-        frameworks cancel slow calls on their own (openai-agents after 5 s by default), which must not
-        throw away an image the user is paying for.
-        """
-        record = self.get(record.job_id)
-        if record.is_terminal:
-            return
-        try:
-            status = await self.fal.status(self.handle(record))
-            queued = status.status == "IN_QUEUE"
-        except FalError as exc:  # cannot tell: go by the last state fal reported
-            logger.info("could not ask fal about %s before cancelling: %s", record.job_id, exc)
-            queued = record.status == "queued"
-        if queued:
-            try:
-                await self.fal.cancel(self.handle(record))
-                logger.info("the client stopped waiting; cancelled queued job %s on fal", record.job_id)
-            except FalError as exc:
-                logger.warning("the client stopped waiting; could not cancel job %s: %s", record.job_id, exc)
-        else:
-            logger.info(
-                "the client stopped waiting, but job %s is already running on fal and is paid for: it "
-                "is kept and its images will be saved to %s (check_status job_id %s)",
-                record.job_id,
-                self.settings.output_dir,
-                record.job_id,
-            )
-        self.follow_in_background(record)
 
     # ------------------------------------------------------------------------------------- describing
 

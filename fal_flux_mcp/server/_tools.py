@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from fal_flux_mcp.fal import FalError, QueueStatus
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
+from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
 from fal_flux_mcp.server._inputs import tool_fields_for
@@ -252,7 +253,7 @@ def register_tools(server: FluxServer) -> None:
             record, _ = await state.jobs.follow(record, seconds=wait, logs=True, on_status=progress.on_status)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                await state.jobs.stop_waiting(record)
+                await stop_waiting(state.jobs, record)
             raise
         except FalError as exc:
             # Submitted and paid: answer with the job id, never a bare error.
@@ -351,7 +352,7 @@ def register_tools(server: FluxServer) -> None:
         """
         state = _state(ctx)
         with _tool_errors():
-            record, cancelled, message = await state.jobs.cancel(params.job_id)
+            record, cancelled, message = await cancel(state.jobs, params.job_id)
         return CancelResultOut(
             job_id=record.job_id, status=record.status, cancelled=cancelled, message=message
         )
