@@ -8,25 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import Client
 
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
+from tests.samples import saved_images
 
 pytestmark = pytest.mark.anyio
 
 SCHNELL = {"prompt": "a fox in the snow", "model": "fal-ai/flux/schnell"}
-
-
-async def saved_images(folder: Path, seconds: float = 10) -> list[Path]:
-    """The images saved in ``folder``, waiting (bounded) until there is at least one."""
-    with anyio.fail_after(seconds):
-        while not (folder.is_dir() and (found := sorted(folder.glob("*.jpg")))):
-            await anyio.sleep(0.02)
-    return found
 
 
 async def test_the_background_follower_survives_a_429_on_the_status_stream(

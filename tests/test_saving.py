@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import Client
 
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
+from tests.samples import saved_images
 
 pytestmark = pytest.mark.anyio
 
@@ -35,13 +35,6 @@ def _block(folder: Path) -> Path:
 def unwritable(settings: Settings, tmp_path: Path) -> Settings:
     """Settings whose output folder cannot be written until the test removes the blocker file."""
     return settings.model_copy(update={"output_dir": tmp_path / "blocked" / "out"})
-
-
-async def _saved_files(folder: Path, seconds: float) -> list[Path]:
-    with anyio.fail_after(seconds):
-        while not (folder.is_dir() and (found := sorted(folder.glob("*.jpg")))):
-            await anyio.sleep(0.02)
-    return found
 
 
 async def test_an_unsaved_image_still_shows_its_preview_and_says_why_and_where(
@@ -82,7 +75,7 @@ async def test_the_server_keeps_trying_in_the_background(unwritable: Settings, e
     async with Client(build_server(unwritable)) as client:
         await client.call_tool("generate_image", SCHNELL)
         blocker.unlink()
-        (saved,) = await _saved_files(unwritable.output_dir, 10)
+        (saved,) = await saved_images(unwritable.output_dir, 10)
     assert saved.stat().st_size > 0
 
 
@@ -96,7 +89,7 @@ async def test_the_next_server_start_saves_what_the_last_run_could_not(
     assert result.structured_content["images"][0]["save_state"] == "pending"
     blocker.unlink()
     async with Client(build_server(unwritable)) as client:
-        (saved,) = await _saved_files(unwritable.output_dir, 10)
+        (saved,) = await saved_images(unwritable.output_dir, 10)
         status = await client.call_tool("check_status", {"job_id": result.structured_content["job_id"]})
     assert status.structured_content["images"][0]["path"] == str(saved)
     assert emulator.counters["submit"] == 1

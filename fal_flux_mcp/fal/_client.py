@@ -7,13 +7,11 @@ three requests (submit, stream, result) however long it runs, with polling only 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote_to_bytes
 
 import anyio
 import httpx
@@ -21,6 +19,7 @@ import pydantic
 from httpx_sse import EventSource, SSEError
 
 from fal_flux_mcp._version import __version__
+from fal_flux_mcp.fal._download import Downloader
 from fal_flux_mcp.fal._exceptions import (
     FalError,
     FalTimeoutError,
@@ -31,12 +30,12 @@ from fal_flux_mcp.fal._exceptions import (
 )
 from fal_flux_mcp.fal._inputs import validate_input
 from fal_flux_mcp.fal._platform import Platform
-from fal_flux_mcp.fal._responses import json_body, retry_after_seconds
+from fal_flux_mcp.fal._responses import json_body
 from fal_flux_mcp.fal._retry import RetryPolicy
 from fal_flux_mcp.fal._storage import HasFileno, MiB, Uploader
 from fal_flux_mcp.fal._transport import FalTransport, describe_transport_error
 from fal_flux_mcp.fal._types import CancelResult, QueueHandle, QueueStatus
-from fal_flux_mcp.fal._urls import EndpointId, FalHosts, without_query
+from fal_flux_mcp.fal._urls import EndpointId, FalHosts
 from fal_flux_mcp.models import FalInput, FluxOutput
 from fal_flux_mcp.settings import Settings
 
@@ -88,7 +87,7 @@ class FalClient:
         )
         self.platform = Platform(self._transport, self.hosts)
         self.poll_interval = poll_interval
-        self.max_download_bytes = max_download_bytes
+        self._downloader = Downloader(self.http, self._transport.retry, max_bytes=max_download_bytes)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> FalClient:
@@ -382,53 +381,8 @@ class FalClient:
         return await self._uploader.upload_bytes(data, content_type=content_type, file_name=file_name)
 
     async def download(self, url: str) -> bytes:
-        """Fetch a generated file (no key is sent: fal's file URLs are public); data URIs are decoded here.
-
-        Retried like every read: a CDN answering 502 once, or a dropped connection, must not cost the
-        user a paid image. A 4xx (the file is gone) is not retried.
-        """
-        if url.startswith("data:"):
-            return _decode_data_uri(url)
-        policy = self._transport.retry
-        for attempt in range(1, policy.max_attempts + 1):
-            try:
-                return await self._download_once(url)
-            except (UpstreamUnavailableError, RateLimitedError) as exc:
-                if attempt == policy.max_attempts:
-                    raise
-                delay = policy.backoff(attempt)
-                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, policy.max_retry_after))
-                logger.info("download %s: %s; retrying in %.2fs", without_query(url), exc, delay)
-                await anyio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _download_once(self, url: str) -> bytes:
-        try:
-            async with self.http.stream("GET", url) as response:
-                if not response.is_success:
-                    await response.aread()
-                    status = response.status_code
-                    message = f"could not download {without_query(url)} (HTTP {status})"
-                    if status == 429:
-                        raise RateLimitedError(
-                            message, retry_after=retry_after_seconds(response), status_code=status
-                        )
-                    if status >= 500 or status == 408:
-                        raise UpstreamUnavailableError(message, status_code=status)
-                    raise FalError(message, status_code=status)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_download_bytes:
-                        raise FalError(f"{without_query(url)} is larger than {self.max_download_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailableError(
-                f"could not download {without_query(url)}: {describe_transport_error(exc)}"
-            ) from None
+        """Fetch a generated file (no key is sent: fal's file URLs are public), retried like every read."""
+        return await self._downloader.fetch(url)
 
 
 def _http_client(*, max_connections: int, keepalive: int) -> httpx.AsyncClient:
@@ -446,10 +400,3 @@ def _parse_status(body: Any) -> QueueStatus:
         return QueueStatus.model_validate(body)
     except pydantic.ValidationError:
         raise UpstreamUnavailableError(f"fal reported an unknown status {body.get('status')!r}") from None
-
-
-def _decode_data_uri(uri: str) -> bytes:
-    header, _, payload = uri.partition(",")
-    if header.endswith(";base64"):
-        return base64.b64decode(payload)
-    return unquote_to_bytes(payload)

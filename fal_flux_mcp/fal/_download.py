@@ -1,0 +1,83 @@
+"""Fetching what fal made: its image files (public URLs, so no key is sent) and inline data URIs.
+
+Retried like every read: a CDN answering 502 once, or a connection dropped halfway, must not cost the
+user a paid image. A 4xx means the file is gone, and is not retried.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from urllib.parse import unquote_to_bytes
+
+import anyio
+import httpx
+
+from fal_flux_mcp.fal._exceptions import FalError, RateLimitedError, UpstreamUnavailableError
+from fal_flux_mcp.fal._responses import retry_after_seconds
+from fal_flux_mcp.fal._retry import RetryPolicy
+from fal_flux_mcp.fal._transport import describe_transport_error
+from fal_flux_mcp.fal._urls import without_query
+
+logger = logging.getLogger("fal_flux_mcp.fal")
+
+
+class Downloader:
+    """Downloads files over the client's connection pool, within a size limit, with retries."""
+
+    def __init__(self, http: httpx.AsyncClient, retry: RetryPolicy, *, max_bytes: int) -> None:
+        self._http = http
+        self._retry = retry
+        self.max_bytes = max_bytes
+
+    async def fetch(self, url: str) -> bytes:
+        """The bytes at ``url`` (a data URI is decoded here)."""
+        if url.startswith("data:"):
+            return _decode_data_uri(url)
+        policy = self._retry
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                return await self._fetch_once(url)
+            except (UpstreamUnavailableError, RateLimitedError) as exc:
+                if attempt == policy.max_attempts:
+                    raise
+                delay = policy.backoff(attempt)
+                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, policy.max_retry_after))
+                logger.info("download %s: %s; retrying in %.2fs", without_query(url), exc, delay)
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fetch_once(self, url: str) -> bytes:
+        try:
+            async with self._http.stream("GET", url) as response:
+                if not response.is_success:
+                    await response.aread()
+                    status = response.status_code
+                    message = f"could not download {without_query(url)} (HTTP {status})"
+                    if status == 429:
+                        raise RateLimitedError(
+                            message, retry_after=retry_after_seconds(response), status_code=status
+                        )
+                    if status >= 500 or status == 408:
+                        raise UpstreamUnavailableError(message, status_code=status)
+                    raise FalError(message, status_code=status)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise FalError(f"{without_query(url)} is larger than {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailableError(
+                f"could not download {without_query(url)}: {describe_transport_error(exc)}"
+            ) from None
+
+
+def _decode_data_uri(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if header.endswith(";base64"):
+        return base64.b64decode(payload)
+    return unquote_to_bytes(payload)
