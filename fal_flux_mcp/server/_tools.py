@@ -7,7 +7,6 @@ as a bare error: its id is always in the answer, so it can be found again.
 
 from __future__ import annotations
 
-import base64
 import functools
 import inspect
 import logging
@@ -21,24 +20,20 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import (
-    Annotations,
     CallToolResult,
-    ContentBlock,
-    ImageContent,
-    ResourceLink,
     TextContent,
     ToolAnnotations,
 )
 from pydantic import BaseModel
 
-from fal_flux_mcp.fal import FalError, QueueStatus
+from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
 from fal_flux_mcp.server._inputs import tool_fields_for
-from fal_flux_mcp.server._journal import JobRecord
+from fal_flux_mcp.server._replies import Progress, job_result
 from fal_flux_mcp.server._schemas import (
     CancelParams,
     CancelResultOut,
@@ -52,8 +47,6 @@ from fal_flux_mcp.server._schemas import (
     UnconfirmedSubmission,
     UploadParams,
     UploadResult,
-    image_name,
-    job_uri,
     status_params,
 )
 from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image, roots_to_dirs
@@ -116,96 +109,6 @@ async def _allowed_dirs(ctx: Context[AppState], state: AppState) -> list[Path]:
     return dirs
 
 
-class _Progress:
-    """Turns fal's queue positions and log lines into MCP progress notifications (always increasing)."""
-
-    def __init__(self, ctx: Context[AppState]) -> None:
-        self._ctx = ctx
-        self._step = 0
-        self._seen_logs = 0
-        self._last: str | None = None
-
-    async def say(self, message: str) -> None:
-        if message == self._last:
-            return
-        self._last = message
-        self._step += 1
-        await self._ctx.report_progress(self._step, None, message)
-
-    async def on_status(self, status: QueueStatus) -> None:
-        if status.status == "IN_QUEUE":
-            await self.say(f"Queued on fal, position {status.queue_position}")
-        elif status.status == "IN_PROGRESS":
-            logs = status.logs or []
-            if len(logs) < self._seen_logs:  # a stream that sends only new lines per event
-                self._seen_logs = 0
-            if not logs[self._seen_logs :]:
-                await self.say("Generating")
-            for entry in logs[self._seen_logs :]:
-                await self.say(f"fal: {entry.message}")
-            self._seen_logs = len(logs)
-        else:
-            await self.say("Finished on fal; downloading the images")
-
-
-async def _job_result(
-    state: AppState, record: JobRecord, *, result: JobResult | None = None
-) -> CallToolResult:
-    """The tool result for a job: short text, previews the model can see, links, and the structured JSON."""
-    result = result or state.jobs.describe(record)
-    if result.status == "failed":
-        return CallToolResult(
-            content=[TextContent(text=f"Job {result.job_id} failed: {_with_hint(result.error)}")],
-            structured_content=result.model_dump(mode="json"),
-            is_error=True,
-        )
-    lines = [f"Job {result.job_id}: {result.status}. {result.message}"]
-    for image in result.images:
-        where = f" saved at {image.path}" if image.path else ""
-        lines.append(f"- image {image.index + 1}: {image.url}{where} ({image.width}x{image.height})")
-    if result.cost_usd is not None:
-        lines.append(f"Estimated cost: ${result.cost_usd:.3f}")
-    for unconfirmed in result.unconfirmed_submissions or []:
-        lines.append(
-            f"Unconfirmed submission ({unconfirmed.model}, {unconfirmed.submitted_at:%Y-%m-%d %H:%M} UTC, "
-            f"{unconfirmed.prompt[:60]!r}): {unconfirmed.note}"
-        )
-    content: list[ContentBlock] = [TextContent(text="\n".join(lines))]
-    if result.status == "completed":
-        for preview in await state.jobs.previews(record):
-            content.append(
-                ImageContent(
-                    data=base64.b64encode(preview.data).decode("ascii"),
-                    mime_type=preview.mime_type,
-                    annotations=Annotations(audience=["user", "assistant"], priority=0.9),
-                )
-            )
-        for image in result.images:
-            content.append(
-                ResourceLink(
-                    uri=image.resource_uri,
-                    name=image_name(result.job_id, image.index, image.path),
-                    mime_type=image.content_type,
-                    description=f"Full-resolution image {image.index + 1} of job {result.job_id}",
-                )
-            )
-    else:
-        content.append(
-            ResourceLink(
-                uri=job_uri(result.job_id), name=f"job {result.job_id}", mime_type="application/json"
-            )
-        )
-    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
-
-
-def _with_hint(error: str | None) -> str:
-    """The failure, with what to do next unless fal's message already says it."""
-    text = (error or "unknown error").rstrip(". ") + "."
-    if "rephrase" not in text.lower():
-        text += " Check the parameters and try again; this failed job costs nothing more."
-    return text
-
-
 def _tool(
     server: FluxServer, name: str, params: type[BaseModel], *, title: str, annotations: ToolAnnotations
 ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
@@ -242,7 +145,7 @@ def register_tools(server: FluxServer) -> None:
         job_id to pass to check_status (the job keeps running and nothing is lost). Costs money.
         """
         state = _state(ctx)
-        progress = _Progress(ctx)
+        progress = Progress(ctx)
         with _tool_errors():
             record = await state.jobs.submit(
                 params, allowed_dirs=functools.partial(_allowed_dirs, ctx, state)
@@ -264,11 +167,11 @@ def register_tools(server: FluxServer) -> None:
                     f"call check_status with job_id '{record.job_id}'."
                 }
             )
-            return await _job_result(state, record, result=result)
+            return await job_result(state, record, result=result)
         if not record.is_terminal:
             state.jobs.follow_in_background(record)
-            return await _job_result(state, record, result=state.jobs.describe(record, waited=wait))
-        return await _job_result(state, record)
+            return await job_result(state, record, result=state.jobs.describe(record, waited=wait))
+        return await job_result(state, record)
 
     @_tool(server, "submit_job", SubmitParams, title="Submit image job", annotations=_SUBMIT)
     async def submit_job(
@@ -287,7 +190,7 @@ def register_tools(server: FluxServer) -> None:
                 webhook_url=params.webhook_url,
             )
         state.jobs.follow_in_background(record)
-        return await _job_result(state, record)
+        return await job_result(state, record)
 
     @_tool(
         server,
@@ -304,7 +207,7 @@ def register_tools(server: FluxServer) -> None:
         A completed job returns the same images, previews and paths as generate_image, every time.
         """
         state = _state(ctx)
-        progress = _Progress(ctx)
+        progress = Progress(ctx)
         with _tool_errors():
             record = await state.jobs.find(params.job_id)
             if record.pending_save:
@@ -341,7 +244,7 @@ def register_tools(server: FluxServer) -> None:
                 content=[TextContent(text=f"Job {result.job_id}: failed. {result.error}")],
                 structured_content=result.model_dump(mode="json"),
             )
-        return await _job_result(state, record, result=result)
+        return await job_result(state, record, result=result)
 
     @_tool(server, "cancel_job", CancelParams, title="Cancel job", annotations=_CANCEL)
     async def cancel_job(params: CancelParams, ctx: Context[AppState]) -> CancelResultOut:
