@@ -12,8 +12,8 @@ sizes fal returns, and has knobs and fault injection for tests::
 ``serve()`` runs it in the foreground (``fal-flux-mcp emulator``, ``python -m fal_flux_mcp.emulator``).
 """
 
-from fal_flux_mcp.emulator._app import JobInfo
 from fal_flux_mcp.emulator._config import DEFAULT_KEY, EmulatorConfig
+from fal_flux_mcp.emulator._core import JobInfo
 from fal_flux_mcp.emulator._server import Emulator, serve
 
 __all__ = ["DEFAULT_KEY", "Emulator", "EmulatorConfig", "JobInfo", "serve"]

@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fal_flux_mcp.emulator import _jobs as jobs
+from fal_flux_mcp.emulator._auth import check_key
 
 if TYPE_CHECKING:
-    from fal_flux_mcp.emulator._app import Core
+    from fal_flux_mcp.emulator._core import Core
 
 _MAX_LIMIT = 100
 
@@ -49,7 +50,7 @@ def _item(job: jobs.Job, payloads: bool) -> dict[str, Any]:
 
 async def request_history(core: Core, request: Request) -> Response:
     """The requests this emulator received for one endpoint in a time window, oldest first, paged."""
-    if (denied := core.check_key(request)) is not None:
+    if (denied := check_key(core.config, request)) is not None:
         return denied
     if not core.config.history_permission:
         return JSONResponse(

@@ -27,8 +27,10 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fal_flux_mcp.emulator._app import DROP_EXTENSION, Core, JobInfo, build_app
+from fal_flux_mcp.emulator._app import build_app
 from fal_flux_mcp.emulator._config import EmulatorConfig
+from fal_flux_mcp.emulator._core import Core, JobInfo
+from fal_flux_mcp.emulator._responses import DROP_EXTENSION
 
 log = logging.getLogger("fal_flux_mcp.emulator")
 
