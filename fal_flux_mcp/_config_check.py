@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fal_flux_mcp.fal._transport import key_problem
+from fal_flux_mcp.fal._keys import key_problem
 from fal_flux_mcp.settings import Settings
 
 KEYS_PAGE = "https://fal.ai/dashboard/keys"

@@ -12,8 +12,32 @@ sizes fal returns, and has knobs and fault injection for tests::
 ``serve()`` runs it in the foreground (``fal-flux-mcp emulator``, ``python -m fal_flux_mcp.emulator``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from fal_flux_mcp.emulator._config import DEFAULT_KEY, EmulatorConfig
-from fal_flux_mcp.emulator._core import JobInfo
-from fal_flux_mcp.emulator._server import Emulator, serve
+
+if TYPE_CHECKING:
+    from fal_flux_mcp.emulator._core import JobInfo
+    from fal_flux_mcp.emulator._server import Emulator, serve
+
+# The server (Starlette, uvicorn, Pillow) loads on first use: ``fal-flux-mcp serve`` builds its
+# command line from ``_config`` and must not pay for an emulator it does not run.
+_LAZY = {
+    "Emulator": "fal_flux_mcp.emulator._server",
+    "serve": "fal_flux_mcp.emulator._server",
+    "JobInfo": "fal_flux_mcp.emulator._core",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["DEFAULT_KEY", "Emulator", "EmulatorConfig", "JobInfo", "serve"]

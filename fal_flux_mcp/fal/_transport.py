@@ -22,6 +22,7 @@ from fal_flux_mcp.fal._exceptions import (
     SubmissionStateUnknownError,
     UpstreamUnavailableError,
 )
+from fal_flux_mcp.fal._keys import key_problem
 from fal_flux_mcp.fal._responses import Phase, error_from_response
 from fal_flux_mcp.fal._retry import (
     Idempotency,
@@ -37,22 +38,6 @@ logger = logging.getLogger("fal_flux_mcp.fal")
 
 Auth = Literal["key", "none"]
 ContentFactory = Callable[[], Any]
-
-
-def key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be a fal key, or None; the answer never quotes the key.
-
-    A placeholder copied from an example configuration would only earn a 401 from fal, after a round
-    trip and with a message that blames the key without saying it was never filled in.
-    """
-    if "<" in key or ">" in key or "your fal key" in key.lower() or "your-fal-key" in key.lower():
-        return "is still the placeholder from the example configuration, not a real key"
-    key_id, colon, secret = key.partition(":")
-    if not colon or not key_id or not secret or any(char.isspace() for char in key):
-        return "is not of the form key_id:key_secret"
-    if not all(0x21 <= ord(char) <= 0x7E for char in key):
-        return "holds characters an HTTP header cannot carry (a copy-paste artefact?)"
-    return None
 
 
 class FalTransport:
