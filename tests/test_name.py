@@ -18,7 +18,8 @@ def test_the_distribution_script_and_package_carry_the_new_name() -> None:
     assert scripts == {"fal-flux-mcp": "fal_flux_mcp._cli:main"}
 
 
-def test_no_file_in_the_repository_tells_anyone_to_install_or_run_flux_mcp() -> None:
+def _lines() -> list[tuple[str, int, str]]:
+    """Every line of every file in the repository (tracked, or new and not ignored), but this one."""
     tracked = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -26,7 +27,7 @@ def test_no_file_in_the_repository_tells_anyone_to_install_or_run_flux_mcp() -> 
         text=True,
         check=True,
     ).stdout.split()
-    offenders = []
+    found = []
     for name in tracked:
         path = ROOT / name
         if not path.is_file() or name == "tests/test_name.py":
@@ -35,8 +36,23 @@ def test_no_file_in_the_repository_tells_anyone_to_install_or_run_flux_mcp() -> 
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        for number, line in enumerate(text.splitlines(), 1):
-            # The one allowed mention: the old state folder, still read so that its jobs are not lost.
-            if _OLD_NAME.search(line) and "legacy" not in line:
-                offenders.append(f"{name}:{number}: {line.strip()}")
+        found.extend((name, number, line) for number, line in enumerate(text.splitlines(), 1))
+    return found
+
+
+def test_no_file_in_the_repository_tells_anyone_to_install_or_run_flux_mcp() -> None:
+    # The one allowed mention: the old state folder, still read so that its jobs are not lost.
+    offenders = [
+        f"{name}:{number}: {line.strip()}"
+        for name, number, line in _lines()
+        if _OLD_NAME.search(line) and "legacy" not in line
+    ]
+    assert offenders == []
+
+
+def test_nothing_refers_to_files_outside_the_repository() -> None:
+    outside = re.compile(r"\.\./shared|shared/(fal-protocol|mcp-sdk|landscape)\.md")
+    offenders = [
+        f"{name}:{number}: {line.strip()}" for name, number, line in _lines() if outside.search(line)
+    ]
     assert offenders == []
