@@ -8,6 +8,7 @@ before it is made, not a bill: fal's own invoice is the authority.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +16,9 @@ from fal_flux_mcp.models import INPUT_MODELS, FalInput, output_size
 
 PriceUnit = Literal["image", "megapixel"]
 Task = Literal["text-to-image", "image-variation", "image-edit"]
+
+#: fal counts a megapixel as 1024 × 1024 pixels.
+_MEGAPIXEL = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +50,30 @@ class ModelInfo:
         field = self.input_model.model_fields.get("image_url")
         return field is not None and field.is_required()
 
-    def estimate_cost(self, arguments: FalInput) -> float:
-        """Estimated USD for ``arguments``; per-megapixel models round each image up to whole megapixels."""
+    def estimate_cost(self, arguments: FalInput, unit_price: float | None = None) -> float:
+        """Estimated USD for ``arguments``, before submitting: what ``cost_of_images`` will charge for the
+        images they ask for. ``unit_price`` is fal's current price when known, else the list price."""
         count = getattr(arguments, "num_images", 1)
-        if self.price_unit == "image":
-            return round(self.price_usd * count, 6)
-        width, height = output_size(self.endpoint_id, arguments)
-        megapixels = math.ceil(width * height / (1024 * 1024))
-        return round(self.price_usd * megapixels * count, 6)
+        size = output_size(self.endpoint_id, arguments)
+        return self.final_cost([size] * count, unit_price)
+
+    def final_cost(self, sizes: Sequence[tuple[int, int]], unit_price: float | None = None) -> float:
+        """USD for the images actually returned, ``sizes`` being their (width, height) each."""
+        price = self.price_usd if unit_price is None else unit_price
+        return cost_of_images(self.price_unit, price, sizes)
+
+
+def cost_of_images(price_unit: PriceUnit, unit_price: float, sizes: Sequence[tuple[int, int]]) -> float:
+    """USD for images of ``sizes`` at ``unit_price`` per image, or per megapixel rounded up per image.
+
+    The one place the arithmetic of fal's price models lives, so that the estimate shown before a call
+    and the cost recorded after it cannot disagree on how a unit is counted.
+    """
+    if price_unit == "image":
+        units = len(sizes)
+    else:
+        units = sum(math.ceil(width * height / _MEGAPIXEL) for width, height in sizes)
+    return round(unit_price * units, 6)
 
 
 MODELS: dict[str, ModelInfo] = {

@@ -13,8 +13,15 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _off_is_none(value: object) -> object:
+    """``off`` (or an empty value) means no limit, which is None."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+        return None
+    return value
 
 
 def _default_output_dir() -> Path:
@@ -73,6 +80,24 @@ class Settings(BaseSettings):
         description=f"Absolute folders local input images may come from, separated by {os.pathsep!r}.",
     )
     http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
+    max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=0.50,
+        ge=0,
+        description="The most one tool call may spend without asking the user, in USD; 0: ask every "
+        "time; off: no limit.",
+    )
+    daily_budget_usd: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=5.0,
+        ge=0,
+        description="The most all calls may spend per calendar day (local time) without asking, in USD; "
+        "0: ask every time; off: no limit.",
+    )
+    monthly_budget_usd: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=None,
+        ge=0,
+        description="The most all calls may spend per calendar month without asking, in USD; 0: ask "
+        "every time; off (the default): no limit.",
+    )
     preview_max_edge: int = Field(
         default=1024, ge=64, le=4096, description="Longest edge, in pixels, of the inline previews."
     )

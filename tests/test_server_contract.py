@@ -28,6 +28,7 @@ async def test_every_input_schema_is_flat_and_described(settings: Settings) -> N
         "cancel_job",
         "upload_file",
         "list_models",
+        "get_spend",
     }
     for tool in tools:
         schema = tool.input_schema
@@ -103,6 +104,7 @@ async def test_the_key_appears_in_no_result_resource_log_journal_or_file(
             ("upload_file", {"path": "/etc/passwd"}),
             ("check_status", {"job_id": "unknown"}),
             ("list_models", {}),
+            ("get_spend", {}),
         ]
         for name, arguments in calls:
             result = await client.call_tool(name, arguments)

@@ -69,8 +69,18 @@ async def exercise_every_tool(client: Client, picture: Path) -> set[str]:
     assert not uploaded.is_error and uploaded.structured_content["url"].startswith("http")
     models = await client.call_tool("list_models", {})
     assert len(models.structured_content["models"]) == 8
+    spend = await client.call_tool("get_spend", {})
+    assert not spend.is_error and spend.structured_content["periods"][0]["period"] == "today"
 
-    called = {"generate_image", "submit_job", "check_status", "cancel_job", "upload_file", "list_models"}
+    called = {
+        "generate_image",
+        "submit_job",
+        "check_status",
+        "cancel_job",
+        "upload_file",
+        "list_models",
+        "get_spend",
+    }
     assert listed == called, f"tools listed but not exercised (or the reverse): {listed ^ called}"
     return called
 
@@ -121,7 +131,7 @@ async def test_http_token_is_required_when_configured(settings: Settings) -> Non
             authorised,
             Client(streamable_http_client(f"{origin}/mcp", http_client=authorised)) as client,
         ):
-            assert len((await client.list_tools()).tools) == 6
+            assert len((await client.list_tools()).tools) == 7
 
 
 async def test_dns_rebinding_protection_on_loopback(settings: Settings) -> None:
@@ -187,11 +197,11 @@ async def test_every_loopback_bind_refuses_rebound_hosts_and_origins(
         if transport == "sse":
             factory = sse_client(f"{origin}/sse", headers=origin_headers)
             async with Client(factory, mode="legacy") as client:
-                assert len((await client.list_tools()).tools) == 6
+                assert len((await client.list_tools()).tools) == 7
         else:
             http2 = httpx2.AsyncClient(headers=origin_headers)
             async with http2, Client(streamable_http_client(f"{origin}/mcp", http_client=http2)) as client:
-                assert len((await client.list_tools()).tools) == 6
+                assert len((await client.list_tools()).tools) == 7
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
@@ -250,4 +260,4 @@ async def test_the_printed_client_config_launches_the_server(settings: Settings)
     env = {**entry["env"], **server_env(settings)}
     params = StdioServerParameters(command=entry["command"], args=entry["args"], env=env)
     async with Client(params) as client:
-        assert len((await client.list_tools()).tools) == 6
+        assert len((await client.list_tools()).tools) == 7

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fal_flux_mcp.emulator._core import Core
-from fal_flux_mcp.emulator._platform import request_history
+from fal_flux_mcp.emulator._platform import pricing, request_history
 from fal_flux_mcp.emulator._responses import json_response, with_faults
 from fal_flux_mcp.emulator._routes_queue import queue_routes
 from fal_flux_mcp.emulator._routes_storage import storage_routes
@@ -32,12 +32,17 @@ def build_app(core: Core) -> Starlette:
         return JSONResponse(core.signer.jwks())
 
     # Order matters: the queue's ``/{prefix:path}/requests/{request_id}`` patterns and the catch-all
-    # submit match any path, so the request history and the storage routes must come first.
+    # submit match any path, so the platform API (history, pricing) and the storage routes must come first.
     routes = [
         Route("/.well-known/jwks.json", with_faults(core, "jwks", jwks), methods=["GET"]),
         Route(
             "/v1/models/requests/by-endpoint",
             with_faults(core, "history", functools.partial(request_history, core)),
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/models/pricing",
+            with_faults(core, "pricing", functools.partial(pricing, core)),
             methods=["GET"],
         ),
         *storage_routes(core),

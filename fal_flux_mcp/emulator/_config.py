@@ -12,7 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fal_flux_mcp.registry import MODELS
+
 DEFAULT_KEY = "emulator-key-id:emulator-key-secret"
+
+
+def _list_prices() -> dict[str, float]:
+    """The registry's list prices: what a fresh emulator's pricing API answers."""
+    return {info.endpoint_id: info.price_usd for info in MODELS.values()}
 
 
 class EmulatorConfig(BaseModel):
@@ -94,6 +101,15 @@ class EmulatorConfig(BaseModel):
     history_permission: bool = True
     """Whether the key may read the request history (``/v1/models/requests/by-endpoint``); fal keys
     have per-operation permissions, and one without this one gets 403."""
+
+    pricing_permission: bool = True
+    """Whether the key may read the pricing (``/v1/models/pricing``); like the history, a separate
+    permission of fal keys, refused with 403."""
+
+    prices: dict[str, float] = Field(default_factory=_list_prices)
+    """USD unit price per endpoint id that ``/v1/models/pricing`` answers; ids absent here are absent
+    from its answer, as fal leaves out ids it does not price. Defaults to the registry's list
+    prices, so a test that wants to tell fal's price from the built-in one sets a different value."""
 
     # ----------------------------------------------------------------------------------------------
     # Outcome triggers (case-insensitive substrings of the prompt; an empty string disables one)

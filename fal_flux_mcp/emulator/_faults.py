@@ -26,6 +26,7 @@ Kind = Literal[
     "file",
     "jwks",
     "history",
+    "pricing",
 ]
 FaultName = Literal["429", "404", "502_nginx", "503_fal", "500", "500_after", "slow", "drop", "drop_before"]
 

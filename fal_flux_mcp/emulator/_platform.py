@@ -1,9 +1,12 @@
-"""fal's platform API on the emulator: the account's request history (``/v1/models/requests/by-endpoint``).
+"""fal's platform API on the emulator: the request history and the pricing.
 
-The server looks a submission up here when its answer was lost. Like fal, the history needs a key and
-may be refused to a key without the permission (``EmulatorConfig.history_permission``: 403). Items
-carry ``request_id``, ``endpoint_id``, ``sent_at``, ``started_at`` and ``status``, and with
-``expand=payloads`` the request's ``json_input`` as it was received.
+The server looks a submission up in the history (``/v1/models/requests/by-endpoint``) when its answer
+was lost, and reads the pricing (``/v1/models/pricing``) to quote what a call will cost. Like fal, both
+need a key and may be refused to a key without the permission (``EmulatorConfig.history_permission``,
+``EmulatorConfig.pricing_permission``: 403). History items carry ``request_id``, ``endpoint_id``,
+``sent_at``, ``started_at`` and ``status``, and with ``expand=payloads`` the request's ``json_input``
+as it was received. Prices come from ``EmulatorConfig.prices``, each with fal's ``"unit": "image"``
+whatever the model is billed by.
 """
 
 from __future__ import annotations
@@ -82,5 +85,44 @@ async def request_history(core: Core, request: Request) -> Response:
             "items": [_item(job, query.get("expand") == "payloads") for job in page],
             "has_more": more,
             "next_cursor": str(offset + limit) if more else None,
+        }
+    )
+
+
+async def pricing(core: Core, request: Request) -> Response:
+    """The unit price of each asked-for endpoint, in fal's shape; ids without a price are left out.
+
+    ``endpoint_id`` is a comma-separated list (or repeated). The unit is always ``image``, as fal
+    answers even for per-megapixel models: a client must not take its unit from here. One page.
+    """
+    if (denied := check_key(core.config, request)) is not None:
+        return denied
+    if not core.config.pricing_permission:
+        return JSONResponse(
+            {"detail": "This API key does not have permission to read pricing."}, status_code=403
+        )
+    asked = [
+        endpoint_id.strip()
+        for value in request.query_params.getlist("endpoint_id")
+        for endpoint_id in value.split(",")
+        if endpoint_id.strip()
+    ]
+    if not asked:
+        return JSONResponse({"detail": "endpoint_id is required"}, status_code=422)
+    known = core.config.prices
+    return JSONResponse(
+        {
+            "prices": [
+                {
+                    "endpoint_id": endpoint_id,
+                    "unit_price": known[endpoint_id],
+                    "unit": "image",
+                    "currency": "USD",
+                }
+                for endpoint_id in dict.fromkeys(asked)
+                if endpoint_id in known
+            ],
+            "next_cursor": None,
+            "has_more": False,
         }
     )

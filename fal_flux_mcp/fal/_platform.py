@@ -1,13 +1,15 @@
 """fal's platform API (``api.fal.ai/v1``): what the account's key may read about its own requests.
 
-Only the request history is used: it is how a submission whose answer was lost (a crash between fal's
-answer and the journal, a dropped connection) is found again, by its input, instead of being paid for
-a second time. Keys may lack the permission to read it; fal then answers 403.
+Two reads are used. The request history is how a submission whose answer was lost (a crash between
+fal's answer and the journal, a dropped connection) is found again, by its input, instead of being paid
+for a second time. The pricing is what the account pays per unit now, which may differ from the list
+prices the registry carries. Keys may lack the permission for either; fal then answers 403.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import pydantic
@@ -20,6 +22,8 @@ from fal_flux_mcp.fal._urls import FalHosts
 
 #: Pages read at most for one look-up; a window of a few minutes holds far fewer requests.
 _MAX_PAGES = 20
+#: The only currency prices are taken in: every cost fal-flux-mcp shows is in USD.
+_CURRENCY = "USD"
 
 
 class Platform:
@@ -63,3 +67,48 @@ class Platform:
                 break
             params["cursor"] = cursor
         return items
+
+    async def prices(self, endpoint_ids: Sequence[str]) -> dict[str, float]:
+        """fal's current USD unit price of each of ``endpoint_ids``, asked for in one request.
+
+        The unit itself is not returned: fal says ``image`` even for models billed per megapixel, so
+        the unit stays the registry's. Ids fal does not price, entries in another currency and
+        malformed entries are left out rather than failing the whole answer. Raises ``FalError`` like
+        any read; a key without the permission gets its 403 as an ``AuthenticationError``.
+        """
+        ids = list(dict.fromkeys(endpoint_ids))
+        if not ids:
+            return {}
+        params: dict[str, str] = {"endpoint_id": ",".join(ids)}
+        prices: dict[str, float] = {}
+        for _ in range(_MAX_PAGES):
+            response = await self._transport.send(
+                "GET", self._hosts.pricing_url(), phase="status", params=params
+            )
+            body = json_body(response)
+            if not isinstance(body, Mapping) or not isinstance(body.get("prices"), list):
+                raise FalError("fal's pricing API answered without a list of prices")
+            for item in body["prices"]:
+                if (entry := _usd_price(item)) is not None:
+                    prices[entry[0]] = entry[1]
+            cursor = body.get("next_cursor")
+            if not body.get("has_more") or not isinstance(cursor, str):
+                break
+            params["cursor"] = cursor
+        return prices
+
+
+def _usd_price(item: object) -> tuple[str, float] | None:
+    """``(endpoint_id, unit_price)`` of one pricing entry, or None if it is not a usable USD price."""
+    if not isinstance(item, Mapping):
+        return None
+    endpoint_id, price, currency = item.get("endpoint_id"), item.get("unit_price"), item.get("currency")
+    if not isinstance(endpoint_id, str) or not endpoint_id:
+        return None
+    if not isinstance(currency, str) or currency.upper() != _CURRENCY:
+        return None
+    if isinstance(price, bool) or not isinstance(price, int | float):
+        return None
+    if not math.isfinite(price) or price < 0:
+        return None
+    return endpoint_id, float(price)

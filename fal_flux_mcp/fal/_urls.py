@@ -121,6 +121,10 @@ class FalHosts:
         """fal's platform API listing an account's requests to one endpoint (``/models/requests/by-endpoint``)."""
         return f"{self.platform}/models/requests/by-endpoint"
 
+    def pricing_url(self) -> str:
+        """fal's platform API giving the account's unit price of endpoints (``/models/pricing``)."""
+        return f"{self.platform}/models/pricing"
+
     def may_carry_key(self, url: str) -> bool:
         """Whether ``url`` is a fal host (or the configured local origin) that may see the key."""
         parts = urlsplit(url)

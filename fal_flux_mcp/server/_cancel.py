@@ -39,7 +39,8 @@ async def cancel(jobs: JobService, job_id: str) -> tuple[JobRecord, bool, str]:
         return record, False, f"The job finished ({record.status}) before the cancel reached it."
     record, _ = await jobs.poll(record)
     if record.status == "cancelled":
-        if was_running:
+        if was_running:  # fal may bill the time it ran: keep the reservation, marked as such
+            record = jobs.journal.update(record.job_id, charge="possibly_charged")
             return (
                 record,
                 True,

@@ -22,3 +22,7 @@ class JobError(Exception):
 
 class UnknownJobError(JobError):
     """No job with that id is in the journal."""
+
+
+class SpendRefused(JobError):
+    """Nothing was submitted: the spend was over a limit and not approved."""

@@ -37,7 +37,7 @@ async def no_dirs() -> Sequence[Path]:
 
 def tool_fields_for(model: ModelInfo) -> list[str]:
     """The generation arguments a model takes, by the tools' names (aspect_ratio works for every model)."""
-    taken = set(model.parameters) | {"model", "aspect_ratio"}
+    taken = set(model.parameters) | {"model", "aspect_ratio", "max_cost_usd"}
     return [name for name in GenerationParams.model_fields if name in taken]
 
 
@@ -59,7 +59,7 @@ class InputBuilder:
         """
         model = MODELS[params.model]
         accepted = model.parameters
-        fields = params.model_dump(exclude_none=True, exclude={"model", "webhook_url"})
+        fields = params.model_dump(exclude_none=True, exclude={"model", "webhook_url", "max_cost_usd"})
         if "aspect_ratio" in fields and "aspect_ratio" not in accepted and "image_size" in accepted:
             if "image_size" in fields:
                 raise JobError(
@@ -90,12 +90,19 @@ class InputBuilder:
         """Validate everything and upload a local ``image_url``: after this, submitting cannot be refused."""
         model, fields = self.build(params)
         given_url = fields.get("image_url")
-        # Check every other field before uploading anything: a bad value must cost neither money nor time.
-        self._validate(
-            model, fields | {"image_url": "https://example.invalid/input.png"} if given_url else fields
-        )
+        self.checked(params)  # every other field first: a bad value must cost neither money nor time
         if given_url:
             fields["image_url"] = await self.resolve_image_url(given_url, allowed_dirs)
+        return model, self._validate(model, fields)
+
+    def checked(self, params: GenerationParams) -> tuple[ModelInfo, FalInput]:
+        """The model and fal input for ``params``, with a stand-in for an input image not uploaded yet.
+
+        Enough to check every value and to price the job before anything is uploaded or asked.
+        """
+        model, fields = self.build(params)
+        if fields.get("image_url"):
+            fields["image_url"] = "https://example.invalid/input.png"
         return model, self._validate(model, fields)
 
     @staticmethod

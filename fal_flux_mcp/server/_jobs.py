@@ -29,15 +29,19 @@ from fal_flux_mcp.fal import (
     UpstreamUnavailableError,
     ValidationError,
 )
+from fal_flux_mcp.models import FalInput
+from fal_flux_mcp.registry import MODELS, ModelInfo
 from fal_flux_mcp.server._background import Background
-from fal_flux_mcp.server._errors import JobError, UnknownJobError
+from fal_flux_mcp.server._errors import JobError, SpendRefused, UnknownJobError
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import AllowedDirs, InputBuilder, no_dirs
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
+from fal_flux_mcp.server._ledger import Ledger
+from fal_flux_mcp.server._prices import PriceBook, Quote
 from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
-from fal_flux_mcp.server._schemas import GenerationParams, JobResult, JobState
+from fal_flux_mcp.server._schemas import GenerationParams, ImageInfo, JobResult, JobState
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +72,8 @@ class JobService:
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
         self.inputs = InputBuilder(settings, lambda: self.fal)
+        self.prices = PriceBook(lambda: self.fal)
+        self.ledger = Ledger(journal, settings)
         self.saver = ImageSaver(settings, lambda: self.fal)
         self.background = Background()
         self.reconciler = Reconciler(
@@ -100,30 +106,47 @@ class JobService:
         *,
         allowed_dirs: AllowedDirs = no_dirs,
         webhook_url: str | None = None,
+        approval: str | None = None,
     ) -> JobRecord:
         """Submit to fal and journal the job before returning: from here on the job is never lost.
 
-        The submission is journalled as an intent before it is sent, and the intent becomes the job
-        when fal answers. If the answer is lost, the intent is looked up in fal's request history
-        (``_reconcile``) rather than sent again: a second submit could be a second payment.
+        The submission is journalled as an intent, with its cost reserved, before it is sent, and the
+        intent becomes the job when fal answers. Unless the user ``approval`` covers it, the call must
+        fit the user's limits, checked in the same transaction as the reservation. If fal's answer is
+        lost, the intent is looked up in fal's request history (``_reconcile``) rather than sent
+        again: a second submit could be a second payment.
         """
         model, fal_input = await self.inputs.prepare(params, allowed_dirs)
+        quote = await self.quote(model, fal_input)
+        approved = approval == "approved by the user"
+        if not approved and (
+            reason := self.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)
+        ):
+            raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
         intent = SubmitIntent(
             intent_id=uuid.uuid4().hex,
             endpoint_id=model.endpoint_id,
             arguments=fal_input.model_dump(mode="json", exclude_none=True),
             prompt=params.prompt,
-            cost_usd=model.estimate_cost(fal_input),
+            cost_usd=quote.cost_usd,
             webhook_url=webhook_url,
+            unit_price=quote.unit_price,
+            price_source=quote.source,
+            approval=approval or "within the limits",
         )
         try:
-            self.journal.add_intent(intent)
+            refusal = self.ledger.reserve(intent, approved=approved)
         except Exception as exc:  # nothing was sent: better no job than one nobody could find again
             logger.exception("could not journal a submission")
             raise JobError(
                 f"The job journal in {self.settings.state_dir} cannot be written ({_reason(exc)}), so "
                 "nothing was sent to fal. Free some disk space or set FLUX_MCP_STATE_DIR to a writable folder."
             ) from None
+        if refusal is not None:
+            raise SpendRefused(
+                f"Not submitted, nothing was spent: {refusal}; other calls used the budget meanwhile. Call "
+                "again to be asked."
+            )
         try:
             handle = await self.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
         except SubmissionStateUnknownError as exc:
@@ -152,6 +175,9 @@ class JobService:
             cost_usd=intent.cost_usd,
             webhook_url=webhook_url,
             created_at=intent.created_at,
+            unit_price=intent.unit_price,
+            price_source=intent.price_source,
+            approval=intent.approval,
         )
         try:
             self.journal.fulfil_intent(intent.intent_id, record)
@@ -178,6 +204,10 @@ class JobService:
             first_delay=_RECONCILE_RETRY_FIRST,
             max_delay=_RECONCILE_RETRY_MAX,
         )
+
+    async def quote(self, model: ModelInfo, fal_input: FalInput) -> Quote:
+        """What a job will cost, at fal's current price for this account where fal tells it."""
+        return await self.prices.quote(model, fal_input)
 
     def unconfirmed(self) -> list[SubmitIntent]:
         """Submissions whose fate fal's history could not tell (the key may not read it)."""
@@ -326,7 +356,7 @@ class JobService:
             except (ContentPolicyError, ValidationError, JobFailedError, FalTimeoutError) as exc:
                 if isinstance(exc, FalTimeoutError) and exc.status_code is None:
                     raise  # fal was slow to answer: the job is fine, ask again later
-                return await self._failed(record, exc.message, exc.error_type)
+                return await self._failed(record, exc.message, exc.error_type, status_code=exc.status_code)
             except UpstreamUnavailableError:
                 # A 5xx or a broken connection says nothing about the job; its status does.
                 status = await self.fal.status(self.handle(record))
@@ -336,11 +366,15 @@ class JobService:
             except FalError as exc:
                 if exc.status_code is None or not 400 <= exc.status_code < 500 or exc.status_code == 404:
                     raise
-                return await self._failed(record, exc.message, exc.error_type)  # fal's 4xx: its verdict
+                return await self._failed(
+                    record, exc.message, exc.error_type, status_code=exc.status_code
+                )  # fal's 4xx: its verdict
             if output is None:
                 return record
             images = await self.saver.save_all(record, output)
-            finished = record.model_copy(update={"completed_at": datetime.now(UTC)})
+            finished = record.model_copy(
+                update={"completed_at": datetime.now(UTC), "cost_usd": self._final_cost(record, images)}
+            )
             result = job_result(finished, "completed", images, self.settings, output=output)
             record = self.journal.update(
                 job_id,
@@ -349,19 +383,40 @@ class JobService:
                 queue_position=None,
                 completed_at=finished.completed_at,
                 pending_save=has_pending_saves(images),
+                cost_usd=finished.cost_usd,
+                charge="final",
             )
         await self._finished(record)
         if record.pending_save:
             self.save_in_background(record)
         return record
 
-    async def _failed(self, record: JobRecord, error: str, error_type: str | None) -> JobRecord:
+    async def _failed(
+        self, record: JobRecord, error: str, error_type: str | None, *, status_code: int | None = None
+    ) -> JobRecord:
+        """Journal fal's verdict. The reservation is released unless fal may have billed it (a 422:
+        fal says it may charge one when GPU time was spent; it never charges a 5xx or a cancel)."""
         cancelled = error_type in ("client_cancelled", "client_disconnected")
         record = self.journal.update(
-            record.job_id, status="cancelled" if cancelled else "failed", error=error, queue_position=None
+            record.job_id,
+            status="cancelled" if cancelled else "failed",
+            error=error,
+            queue_position=None,
+            charge="possibly_charged" if status_code == 422 else "released",
         )
         await self._finished(record)
         return record
+
+    def _final_cost(self, record: JobRecord, images: list[ImageInfo]) -> float | None:
+        """What the images fal returned cost, at the price reserved; the reservation if sizes are unknown."""
+        sizes = [(image.width, image.height) for image in images]
+        if (
+            record.unit_price is None
+            or record.endpoint_id not in MODELS
+            or any(None in size for size in sizes)
+        ):
+            return record.cost_usd
+        return self.prices.final(MODELS[record.endpoint_id], record.unit_price, sizes)  # type: ignore[arg-type]
 
     def _lock(self, job_id: str) -> anyio.Lock:
         return self._locks.setdefault(job_id, anyio.Lock())

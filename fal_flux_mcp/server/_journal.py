@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -26,12 +27,13 @@ from typing import Any, Literal, Self, get_args
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+Charge = Literal["reserved", "final", "released", "possibly_charged"]
 
 #: Statuses a job never leaves: fal has nothing more to say about it.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _STATUSES: tuple[str, ...] = get_args(JobStatus)
 _JSON_FIELDS = frozenset({"arguments", "result"})
@@ -69,6 +71,14 @@ class JobRecord(BaseModel):
     pending_save: bool = Field(
         default=False, description="A completed job with an image not saved yet: saving is retried."
     )
+    charge: Charge = Field(
+        default="reserved",
+        description="What cost_usd is: the estimate reserved before submit, the final cost, released "
+        "(fal never ran it, or never charges the failure) or possibly charged (fal may bill it).",
+    )
+    unit_price: float | None = Field(default=None, description="USD per unit when it was submitted.")
+    price_source: str | None = Field(default=None, description="Where unit_price came from.")
+    approval: str | None = Field(default=None, description="How spending on it was allowed.")
 
     @field_validator("created_at", "updated_at", "completed_at")
     @classmethod
@@ -107,6 +117,9 @@ class SubmitIntent(BaseModel):
         description="pending: being reconciled; unconfirmed: fal's history cannot be read with this key.",
     )
     note: str | None = Field(default=None, description="What reconciliation found so far.")
+    unit_price: float | None = None
+    price_source: str | None = None
+    approval: str | None = None
 
     @field_validator("created_at")
     @classmethod
@@ -115,6 +128,21 @@ class SubmitIntent(BaseModel):
 
 
 _INTENT_COLUMNS: tuple[str, ...] = tuple(SubmitIntent.model_fields)
+
+#: A check run inside a write transaction; a reason to refuse, or None.
+Check = Callable[[sqlite3.Connection], "str | None"]
+
+_LEDGER_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE jobs ADD COLUMN charge TEXT NOT NULL DEFAULT 'reserved'",
+    "ALTER TABLE jobs ADD COLUMN unit_price REAL",
+    "ALTER TABLE jobs ADD COLUMN price_source TEXT",
+    "ALTER TABLE jobs ADD COLUMN approval TEXT",
+    "UPDATE jobs SET charge = CASE status WHEN 'completed' THEN 'final' WHEN 'cancelled' THEN 'released' "
+    "WHEN 'failed' THEN 'possibly_charged' ELSE 'reserved' END",
+    "ALTER TABLE intents ADD COLUMN unit_price REAL",
+    "ALTER TABLE intents ADD COLUMN price_source TEXT",
+    "ALTER TABLE intents ADD COLUMN approval TEXT",
+)
 
 _SCHEMA: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS jobs (
@@ -195,7 +223,10 @@ class Journal:
                             note         TEXT
                         )"""
                     )
-                # Further migrations: `if version < 4: ...` here.
+                if version < 4:  # the ledger: what each job reserved, then cost, and who allowed it
+                    for statement in _LEDGER_MIGRATION:
+                        self._db.execute(statement)
+                # Further migrations: `if version < 5: ...` here.
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -230,15 +261,34 @@ class Journal:
             )
             return cursor.rowcount == 1
 
-    def add_intent(self, intent: SubmitIntent) -> None:
-        """Record a submission before it is sent; committed (durably) when this returns."""
+    def add_intent(self, intent: SubmitIntent, *, check: Check | None = None) -> str | None:
+        """Record a submission (and so reserve its cost) before it is sent; durable when this returns.
+
+        ``check`` runs inside the same write transaction, so that a budget check and the reservation
+        are one step for every process sharing the file: when it returns a reason, nothing is
+        recorded and the reason is returned.
+        """
         row = _intent_row(intent)
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO intents ({', '.join(_INTENT_COLUMNS)}) "
-                f"VALUES ({', '.join('?' for _ in _INTENT_COLUMNS)})",
-                [row[column] for column in _INTENT_COLUMNS],
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                refusal = check(self._db) if check is not None else None
+                if refusal is None:
+                    self._db.execute(
+                        f"INSERT INTO intents ({', '.join(_INTENT_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' for _ in _INTENT_COLUMNS)})",
+                        [row[column] for column in _INTENT_COLUMNS],
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("ROLLBACK" if refusal is not None else "COMMIT")
+        return refusal
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read-only query (the ledger's sums and lists)."""
+        with self._lock:
+            return self._db.execute(sql, parameters).fetchall()
 
     def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
         """The intent became ``record``: store the job and drop the intent in one transaction.

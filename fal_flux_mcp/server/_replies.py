@@ -15,6 +15,7 @@ from mcp.types import Annotations, CallToolResult, ContentBlock, ImageContent, R
 from fal_flux_mcp.fal import QueueStatus
 from fal_flux_mcp.server._app import AppState
 from fal_flux_mcp.server._journal import JobRecord
+from fal_flux_mcp.server._ledger import usd
 from fal_flux_mcp.server._schemas import JobResult, image_name, job_uri
 
 
@@ -57,6 +58,16 @@ async def job_result(
 ) -> CallToolResult:
     """The tool result for a job: short text, previews the model can see, links, and the structured JSON."""
     result = result or state.jobs.describe(record)
+    day_left, month_left = state.jobs.ledger.left()
+    result = result.model_copy(
+        update={
+            "cost_usd": record.cost_usd,
+            "price_source": record.price_source,
+            "approval": record.approval,
+            "budget_left_today_usd": None if day_left is None else round(day_left, 6),
+            "budget_left_month_usd": None if month_left is None else round(month_left, 6),
+        }
+    )
     if result.status == "failed":
         return CallToolResult(
             content=[TextContent(text=f"Job {result.job_id} failed: {with_hint(result.error)}")],
@@ -68,7 +79,10 @@ async def job_result(
         where = f" saved at {image.path}" if image.path else ""
         lines.append(f"- image {image.index + 1}: {image.url}{where} ({image.width}x{image.height})")
     if result.cost_usd is not None:
-        lines.append(f"Estimated cost: ${result.cost_usd:.3f}")
+        kind = "Cost" if result.status == "completed" else "Estimated cost"
+        source = f" ({result.price_source})" if result.price_source else ""
+        left = "" if day_left is None else f"; {usd(day_left)} left of today's budget"
+        lines.append(f"{kind}: {usd(result.cost_usd)}{source}{left}")
     for unconfirmed in result.unconfirmed_submissions or []:
         lines.append(
             f"Unconfirmed submission ({unconfirmed.model}, {unconfirmed.submitted_at:%Y-%m-%d %H:%M} UTC, "

@@ -16,7 +16,20 @@ from fal_flux_mcp.server._errors import UnknownJobError
 
 
 def register_resources(server: FluxServer) -> None:
-    """Add fal-flux-mcp's resource templates to ``server``."""
+    """Add fal-flux-mcp's resources and resource templates to ``server``."""
+
+    @server.resource(
+        "flux://spend",
+        name="spend",
+        title="Spend on fal",
+        description="What was spent today, this month and over 30 days, the budgets and what is left.",
+        mime_type="application/json",
+    )
+    async def spend() -> str:
+        # A static resource gets no Context (the SDK's rule); the running server's state is the same.
+        if server.state is None:
+            raise ResourceError("the server is not running")
+        return server.state.jobs.ledger.report().model_dump_json(indent=2)
 
     @server.resource(
         "flux://jobs/{job_id}",

@@ -112,6 +112,11 @@ class GenerationParams(BaseModel):
     enable_safety_checker: bool | None = optional(
         "dev, schnell and ultra: black out NSFW output (default true)."
     )
+    max_cost_usd: float | None = optional(
+        "The most this call may cost, in USD. It can only lower the user's limit for this call, never "
+        "raise it: a call over the user's limits is asked about, or refused, whatever this says.",
+        ge=0,
+    )
 
 
 class SubmitParams(GenerationParams):
@@ -252,7 +257,22 @@ class JobResult(BaseModel):
     model: str = Field(description="fal endpoint id the job ran on.")
     prompt: str = Field(description="The prompt as sent (or as the model rewrote it, once completed).")
     seed: int | None = Field(default=None, description="Seed actually used; reuse it to reproduce an image.")
-    cost_usd: float | None = Field(default=None, description="Estimated cost from fal's list prices.")
+    cost_usd: float | None = Field(
+        default=None, description="Estimated cost before the job finished; its final cost once completed."
+    )
+    price_source: str | None = Field(
+        default=None, description="Where the price came from: fal's pricing API, or the built-in list."
+    )
+    approval: str | None = Field(
+        default=None, description="How the spend was allowed: within the limits, or approved by the user."
+    )
+    budget_left_today_usd: float | None = Field(
+        default=None,
+        description="What is left of today's budget (FLUX_MCP_DAILY_BUDGET_USD); null: no limit.",
+    )
+    budget_left_month_usd: float | None = Field(
+        default=None, description="What is left of this month's budget; null: no limit."
+    )
     images: list[ImageInfo] = Field(default_factory=list, description="The images, once completed.")
     queue_position: int | None = Field(default=None, description="Jobs ahead of this one while queued.")
     resource_uri: str = Field(description="MCP resource describing the job (flux://jobs/{job_id}).")
@@ -297,6 +317,7 @@ class ModelSummary(BaseModel):
     requires_image: bool = Field(description="Whether image_url is required.")
     price_usd: float = Field(description="List price per unit.")
     price_unit: str = Field(description="'image' or 'megapixel' (rounded up per image).")
+    price_source: str = Field(description="fal pricing API (this account's price) or built-in price list.")
     typical_seconds: float = Field(description="Typical generation time.")
     price_note: str = Field(description="Caveats about the price, if any.")
 
@@ -306,3 +327,47 @@ class ModelList(BaseModel):
 
     default_model: str = Field(description="Used when model is not given.")
     models: list[ModelSummary] = Field(description="Every available model.")
+
+
+class PeriodSpend(BaseModel):
+    """Money in one period: what counts against the budgets, and how it breaks down."""
+
+    period: str = Field(description="today, this month or the last 30 days (local calendar).")
+    total_usd: float = Field(description="What counts against the budgets: all but released amounts.")
+    final_usd: float = Field(description="Final cost of completed jobs.")
+    reserved_usd: float = Field(
+        description="Reserved for jobs not finished yet, and submissions being looked up."
+    )
+    possibly_charged_usd: float = Field(description="Failed or stopped jobs fal may have billed.")
+    released_usd: float = Field(description="Reserved, then given back: jobs fal never ran or never charges.")
+    by_model: dict[str, float] = Field(description="total_usd per fal endpoint id.")
+
+
+class Budgets(BaseModel):
+    """The user's limits (null: no limit) and what is left of them."""
+
+    max_usd_per_call: float | None = Field(description="FLUX_MCP_MAX_USD_PER_CALL.")
+    daily_budget_usd: float | None = Field(description="FLUX_MCP_DAILY_BUDGET_USD.")
+    monthly_budget_usd: float | None = Field(description="FLUX_MCP_MONTHLY_BUDGET_USD.")
+    left_today_usd: float | None = Field(description="What is left of today's budget.")
+    left_month_usd: float | None = Field(description="What is left of this month's budget.")
+
+
+class CostlyJob(BaseModel):
+    """One of the most expensive jobs."""
+
+    job_id: str
+    model: str
+    prompt: str
+    cost_usd: float
+    charge: str = Field(description="reserved, final, released or possibly_charged.")
+    created_at: datetime
+
+
+class SpendReport(BaseModel):
+    """What fal-flux-mcp spent on the user's fal account, from its journal."""
+
+    periods: list[PeriodSpend] = Field(description="Today, this month and the last 30 days.")
+    budgets: Budgets
+    most_expensive: list[CostlyJob] = Field(description="The 10 most expensive jobs of the last 30 days.")
+    note: str = Field(description="What these figures are, and are not.")

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.resolve import Resolve
 from mcp.types import (
     CallToolResult,
     TextContent,
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
+from fal_flux_mcp.server._approval import Approval, approval_of, spend_approval
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
@@ -42,6 +44,7 @@ from fal_flux_mcp.server._schemas import (
     ModelList,
     ModelSummary,
     NoParams,
+    SpendReport,
     StatusParams,
     SubmitParams,
     UnconfirmedSubmission,
@@ -136,19 +139,24 @@ def register_tools(server: FluxServer) -> None:
 
     @_tool(server, "generate_image", GenerationParams, title="Generate image", annotations=_GENERATE)
     async def generate_image(
-        params: GenerationParams, ctx: Context[AppState]
+        params: GenerationParams,
+        ctx: Context[AppState],
+        approval: Annotated[Approval, Resolve(spend_approval)],
     ) -> Annotated[CallToolResult, JobResult]:
         """Generate images with a FLUX model on fal.ai and return them.
 
         Waits up to {wait_seconds} seconds, reporting progress. Finished: previews you can see, the fal URLs,
         the saved file paths and resource links. Not finished in time: status 'in_progress' with a
-        job_id to pass to check_status (the job keeps running and nothing is lost). Costs money.
+        job_id to pass to check_status (the job keeps running and nothing is lost). Costs money: over
+        the user's limits the user is asked first (max_cost_usd can only lower the limit).
         """
         state = _state(ctx)
         progress = Progress(ctx)
         with _tool_errors():
             record = await state.jobs.submit(
-                params, allowed_dirs=functools.partial(_allowed_dirs, ctx, state)
+                params,
+                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                approval=approval_of(approval),
             )
         await progress.say(f"Submitted job {record.job_id} to {record.endpoint_id}")
         wait = state.settings.wait_seconds
@@ -175,7 +183,9 @@ def register_tools(server: FluxServer) -> None:
 
     @_tool(server, "submit_job", SubmitParams, title="Submit image job", annotations=_SUBMIT)
     async def submit_job(
-        params: SubmitParams, ctx: Context[AppState]
+        params: SubmitParams,
+        ctx: Context[AppState],
+        approval: Annotated[Approval, Resolve(spend_approval)],
     ) -> Annotated[CallToolResult, JobResult]:
         """Queue a FLUX generation on fal.ai and return at once with its job_id.
 
@@ -188,6 +198,7 @@ def register_tools(server: FluxServer) -> None:
                 params,
                 allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
                 webhook_url=params.webhook_url,
+                approval=approval_of(approval),
             )
         state.jobs.follow_in_background(record)
         return await job_result(state, record)
@@ -299,11 +310,13 @@ def register_tools(server: FluxServer) -> None:
         title="List models",
         annotations=_READ.model_copy(update={"title": "List models"}),
     )
-    async def list_models(params: NoParams) -> ModelList:
-        """The FLUX models available: what each is for, its parameters, price and typical time."""
-        return ModelList(
-            default_model=DEFAULT_MODEL,
-            models=[
+    async def list_models(params: NoParams, ctx: Context[AppState]) -> ModelList:
+        """The FLUX models available: what each is for, its parameters, price (and where it came from) and typical time."""
+        prices = _state(ctx).jobs.prices
+        summaries = []
+        for info in MODELS.values():
+            price, source = await prices.unit_price(info)
+            summaries.append(
                 ModelSummary(
                     id=info.endpoint_id,
                     title=info.title,
@@ -311,11 +324,23 @@ def register_tools(server: FluxServer) -> None:
                     description=info.description,
                     parameters=tool_fields_for(info),
                     requires_image=info.requires_image,
-                    price_usd=info.price_usd,
+                    price_usd=price,
                     price_unit=info.price_unit,
+                    price_source=source,
                     typical_seconds=info.typical_seconds,
                     price_note=info.price_note,
                 )
-                for info in MODELS.values()
-            ],
-        )
+            )
+        return ModelList(default_model=DEFAULT_MODEL, models=summaries)
+
+    @_tool(
+        server,
+        "get_spend",
+        NoParams,
+        title="Get spend",
+        annotations=_READ.model_copy(update={"title": "Get spend", "open_world_hint": False}),
+    )
+    async def get_spend(params: NoParams, ctx: Context[AppState]) -> SpendReport:
+        """What was spent on fal: today, this month and the last 30 days, by model; reserved, final and
+        released amounts; the user's budgets and what is left; the 10 most expensive jobs."""
+        return _state(ctx).jobs.ledger.report()

@@ -1,0 +1,113 @@
+"""The user's yes before money goes out: what a call would cost, and asking when it is over a limit.
+
+``spend_approval`` runs before ``generate_image`` and ``submit_job`` (an SDK resolver, so the question
+works in both protocol eras: mid-call on older connections, as an input-required round trip on
+2026-07-28). It prices the call; within the user's limits it asks nothing. Over a limit, a client that
+can elicit shows the user a form (model, images, size, cost, what is left today) to approve or
+decline; a client that cannot gets nothing to approve, and the tool answers with what the *user*
+can change. The model cannot approve: ``max_cost_usd`` only lowers the limit for one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.resolve import Elicit
+from pydantic import BaseModel, Field, ValidationError
+
+from fal_flux_mcp.models import output_size
+from fal_flux_mcp.server._errors import JobError, SpendRefused
+from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._schemas import GenerationParams
+
+
+class SpendApproval(BaseModel):
+    """The form the user answers: a yes or a no, nothing else (form mode asks for no secrets)."""
+
+    approve: bool = Field(title="Approve this spend?", description="Submit the job and pay for it.")
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What the resolver found without asking: within the limits, or why it could not ask."""
+
+    verdict: Literal["fits", "cannot_ask", "over_call_limit", "unpriced"]
+    reason: str = ""
+
+
+async def spend_approval(
+    ctx: Context[Any, Any],
+    model: str,
+    num_images: int | None,
+    aspect_ratio: str | None,
+    image_size: str | None,
+    max_cost_usd: float | None,
+) -> Assessment | Elicit[SpendApproval]:
+    """Price the call and, when it is over the user's limits, ask the user (when the client can)."""
+    state = ctx.request_context.lifespan_context
+    try:
+        params = GenerationParams.model_validate(
+            {
+                "prompt": "-",
+                "model": model,
+                "num_images": num_images,
+                "aspect_ratio": aspect_ratio,
+                "image_size": image_size,
+            }
+        )
+        info, fal_input = state.jobs.inputs.checked(params)
+    except (JobError, ValidationError):
+        return Assessment("unpriced")  # the tool itself refuses it, in its own words
+    quote = await state.jobs.quote(info, fal_input)
+    reason = state.jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=max_cost_usd)
+    if reason is None:
+        return Assessment("fits")
+    if max_cost_usd is not None and quote.cost_usd > max_cost_usd:
+        return Assessment("over_call_limit", reason)
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+        return Assessment("cannot_ask", reason)
+    count = getattr(fal_input, "num_images", 1) or 1
+    width, height = output_size(info.endpoint_id, fal_input)
+    day_left, _ = state.jobs.ledger.left()
+    left = "no daily limit" if day_left is None else f"{usd(day_left)} left of today's budget"
+    return Elicit(
+        f"Approve {usd(quote.cost_usd)} on fal.ai? {info.title} ({info.endpoint_id}), {count} image(s) of "
+        f"{width}x{height}; estimated {usd(quote.cost_usd)} ({quote.source}); {left}. Asked because {reason}.",
+        SpendApproval,
+    )
+
+
+Approval = ElicitationResult[SpendApproval]
+
+
+def approval_of(outcome: Approval) -> str | None:
+    """How the spend was allowed ("within the limits", "approved by the user"); ``SpendRefused`` if not."""
+    if isinstance(outcome, AcceptedElicitation):
+        data = outcome.data
+        if isinstance(data, SpendApproval):
+            if data.approve:
+                return "approved by the user"
+            raise SpendRefused("The user declined the spend. Nothing was submitted and nothing was spent.")
+        if isinstance(data, Assessment):
+            if data.verdict == "over_call_limit":
+                raise SpendRefused(
+                    f"Not submitted, nothing was spent: {data.reason}. Raise max_cost_usd or drop it."
+                )
+            if data.verdict == "cannot_ask":
+                raise SpendRefused(
+                    f"Not submitted, nothing was spent: {data.reason}, and this MCP client cannot ask the user to "
+                    "approve it. For the user (the assistant cannot approve spending): raise that setting in "
+                    "the server's environment (the 'env' of its entry in the MCP client's configuration; "
+                    "'off' removes a limit), then restart the server, or use a client that supports "
+                    "elicitation, which asks you each time."
+                )
+        return None  # within the limits, or not priced here (the tool refuses it itself)
+    raise SpendRefused(
+        "The user did not approve the spend (the question was declined or dismissed). Nothing was "
+        "submitted and nothing was spent."
+    )
