@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         description="The most all calls may spend per calendar day (local time) without asking, in USD; "
         "0: ask every time; off: no limit.",
     )
+    approval_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="How long a call over a limit waits for the user to answer the spend question "
+        "(on connections that ask mid-call); no answer: nothing is spent.",
+    )
     monthly_budget_usd: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=None,
         ge=0,

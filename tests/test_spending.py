@@ -222,3 +222,18 @@ async def test_get_spend_shows_a_day_by_model_with_final_reserved_and_released(
     assert budgets["daily_budget_usd"] == 5 and budgets["left_today_usd"] == pytest.approx(5 - 0.123)
     assert report.structured_content["most_expensive"][0]["cost_usd"] == 0.12
     assert '"total_usd": 0.123' in resource.contents[0].text
+
+
+async def test_no_answer_in_time_spends_nothing(settings: Settings, emulator: Emulator) -> None:
+    settings.max_usd_per_call = 0.01
+    settings.approval_timeout_seconds = 0.3
+
+    async def never_answers(context: object, params: Any) -> ElicitResult:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with Client(build_server(settings), mode="legacy", elicitation_callback=never_answers) as client:
+        with anyio.fail_after(10):
+            result = await client.call_tool("submit_job", ULTRA)
+    assert result.is_error and "did not answer" in text_of(result) and "nothing was spent" in text_of(result)
+    assert emulator.counters["submit"] == 0

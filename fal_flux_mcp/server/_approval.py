@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
+import anyio
+from mcp.server.elicitation import AcceptedElicitation, DeclinedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.resolve import Elicit
 from pydantic import BaseModel, Field, ValidationError
@@ -34,7 +35,9 @@ class SpendApproval(BaseModel):
 class Assessment:
     """What the resolver found without asking: within the limits, or why it could not ask."""
 
-    verdict: Literal["fits", "cannot_ask", "over_call_limit", "unpriced"]
+    verdict: Literal[
+        "fits", "cannot_ask", "over_call_limit", "unpriced", "declined", "dismissed", "no_answer"
+    ]
     reason: str = ""
 
 
@@ -75,11 +78,21 @@ async def spend_approval(
     width, height = output_size(info.endpoint_id, fal_input)
     day_left, _ = state.jobs.ledger.left()
     left = "no daily limit" if day_left is None else f"{usd(day_left)} left of today's budget"
-    return Elicit(
+    question = (
         f"Approve {usd(quote.cost_usd)} on fal.ai? {info.title} ({info.endpoint_id}), {count} image(s) of "
-        f"{width}x{height}; estimated {usd(quote.cost_usd)} ({quote.source}); {left}. Asked because {reason}.",
-        SpendApproval,
+        f"{width}x{height}; estimated {usd(quote.cost_usd)} ({quote.source}); {left}. Asked because {reason}."
     )
+    if not ctx.session.can_send_request:
+        # 2026-07-28: the question travels in the answer and the client calls again with the user's
+        # reply; nothing waits here, and a client that never calls again has spent nothing.
+        return Elicit(question, SpendApproval)
+    # An older connection asks mid-call: the call waits for the user, but not for ever.
+    with anyio.move_on_after(state.settings.approval_timeout_seconds):
+        outcome = await ctx.elicit(question, SpendApproval)
+        if isinstance(outcome, AcceptedElicitation):
+            return outcome.data
+        return Assessment("declined" if isinstance(outcome, DeclinedElicitation) else "dismissed")
+    return Assessment("no_answer")
 
 
 Approval = ElicitationResult[SpendApproval]
@@ -94,6 +107,15 @@ def approval_of(outcome: Approval) -> str | None:
                 return "approved by the user"
             raise SpendRefused("The user declined the spend. Nothing was submitted and nothing was spent.")
         if isinstance(data, Assessment):
+            if data.verdict == "no_answer":
+                raise SpendRefused(
+                    "The user did not answer the spend question in time (FLUX_MCP_APPROVAL_TIMEOUT_SECONDS). "
+                    "Nothing was submitted and nothing was spent."
+                )
+            if data.verdict in ("declined", "dismissed"):
+                raise SpendRefused(
+                    f"The user {data.verdict} the spend. Nothing was submitted and nothing was spent."
+                )
             if data.verdict == "over_call_limit":
                 raise SpendRefused(
                     f"Not submitted, nothing was spent: {data.reason}. Raise max_cost_usd or drop it."
