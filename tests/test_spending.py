@@ -237,3 +237,18 @@ async def test_no_answer_in_time_spends_nothing(settings: Settings, emulator: Em
             result = await client.call_tool("submit_job", ULTRA)
     assert result.is_error and "did not answer" in text_of(result) and "nothing was spent" in text_of(result)
     assert emulator.counters["submit"] == 0
+
+
+async def test_fal_failures_release_or_keep_the_reservation_as_fal_bills_them(
+    settings: Settings, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.05
+    async with Client(build_server(settings)) as client:
+        refused = await client.call_tool("generate_image", {**ULTRA, "prompt": "something forbidden"})  # 422
+        crashed = await client.call_tool("generate_image", {**ULTRA, "prompt": "a runner-crash"})  # 5xx
+        report = await client.call_tool("get_spend", {})
+    assert refused.is_error and crashed.is_error
+    today = report.structured_content["periods"][0]
+    assert today["possibly_charged_usd"] == pytest.approx(0.06)  # fal may bill a 422
+    assert today["released_usd"] == pytest.approx(0.06)  # and never bills a 5xx
+    assert today["total_usd"] == pytest.approx(0.06)

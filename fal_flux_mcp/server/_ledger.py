@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fal_flux_mcp.server._journal import Check, Journal, SubmitIntent
-from fal_flux_mcp.server._schemas import Budgets, CostlyJob, PeriodSpend, SpendReport
+from fal_flux_mcp.server._schemas import Budgets, CostlyJob, PeriodSpend, SpendReport, UnconfirmedSubmission
 from fal_flux_mcp.settings import Settings
 
 _SPENT_SQL = (
@@ -155,6 +155,16 @@ class Ledger:
                     created_at=datetime.fromisoformat(row["created_at"]),
                 )
                 for row in rows
+            ],
+            unconfirmed_submissions=[
+                UnconfirmedSubmission(
+                    model=intent.endpoint_id,
+                    prompt=intent.prompt,
+                    submitted_at=intent.created_at,
+                    note=intent.note or "",
+                )
+                for intent in self.journal.intents()
+                if intent.state == "unconfirmed"
             ],
             note="Estimates from fal's prices as fal-flux-mcp knew them, for the jobs it submitted; fal's "
             "invoice (fal.ai/dashboard/billing) is the authority.",

@@ -370,4 +370,8 @@ class SpendReport(BaseModel):
     periods: list[PeriodSpend] = Field(description="Today, this month and the last 30 days.")
     budgets: Budgets
     most_expensive: list[CostlyJob] = Field(description="The 10 most expensive jobs of the last 30 days.")
+    unconfirmed_submissions: list[UnconfirmedSubmission] = Field(
+        default_factory=list,
+        description="Submissions fal may have queued (and charged) that this key cannot confirm.",
+    )
     note: str = Field(description="What these figures are, and are not.")
