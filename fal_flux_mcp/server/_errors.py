@@ -8,6 +8,15 @@ should read what was wrong, not its own megabyte back (twice, once per mention).
 QUOTE_LIMIT = 200
 
 
+def reason_of(exc: BaseException) -> str:
+    """Why a local operation failed, in the system's words, not an exception's class name or a huge path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, RuntimeError):
+        return "a symbolic link loop"
+    return str(exc)[:QUOTE_LIMIT] or "an unexpected error"
+
+
 def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:
     """``value`` in single quotes, cut to about ``limit`` characters with the full length said."""
     text = str(value)

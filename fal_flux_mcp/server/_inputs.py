@@ -141,3 +141,11 @@ class InputBuilder:
             return await self.fal.upload_from_file(
                 local, size=local.size, content_type=local.content_type, file_name=local.file_name
             )
+
+
+def journal_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The input as sent, with an inline data URI shortened: the journal keeps facts, not image bytes."""
+    image_url = arguments.get("image_url")
+    if isinstance(image_url, str) and image_url.startswith("data:"):
+        return arguments | {"image_url": f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"}
+    return arguments

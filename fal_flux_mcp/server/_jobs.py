@@ -9,11 +9,10 @@ thin on top of it; it knows the fal client's API but not HTTP, and not MCP.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -25,23 +24,22 @@ from fal_flux_mcp.fal import (
     QueueHandle,
     QueueStatus,
     RateLimitedError,
-    SubmissionStateUnknownError,
     UpstreamUnavailableError,
     ValidationError,
 )
 from fal_flux_mcp.models import FalInput
 from fal_flux_mcp.registry import MODELS, ModelInfo
 from fal_flux_mcp.server._background import Background
-from fal_flux_mcp.server._errors import JobError, SpendRefused, UnknownJobError
+from fal_flux_mcp.server._errors import UnknownJobError
 from fal_flux_mcp.server._images import Preview
-from fal_flux_mcp.server._inputs import AllowedDirs, InputBuilder, no_dirs
+from fal_flux_mcp.server._inputs import InputBuilder
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
 from fal_flux_mcp.server._ledger import Ledger
 from fal_flux_mcp.server._prices import PriceBook, Quote
 from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
-from fal_flux_mcp.server._schemas import GenerationParams, ImageInfo, JobResult, JobState
+from fal_flux_mcp.server._schemas import ImageInfo, JobResult, JobState
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,7 +78,6 @@ class JobService:
             journal,
             lambda: self.fal,
             window=timedelta(seconds=settings.reconcile_window_seconds),
-            journal_arguments=journal_arguments,
         )
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
 
@@ -99,95 +96,6 @@ class JobService:
             await self._fal.aclose()
 
     # ------------------------------------------------------------------------------- submit, follow
-
-    async def submit(
-        self,
-        params: GenerationParams,
-        *,
-        allowed_dirs: AllowedDirs = no_dirs,
-        webhook_url: str | None = None,
-        approval: str | None = None,
-    ) -> JobRecord:
-        """Submit to fal and journal the job before returning: from here on the job is never lost.
-
-        The submission is journalled as an intent, with its cost reserved, before it is sent, and the
-        intent becomes the job when fal answers. Unless the user ``approval`` covers it, the call must
-        fit the user's limits, checked in the same transaction as the reservation. If fal's answer is
-        lost, the intent is looked up in fal's request history (``_reconcile``) rather than sent
-        again: a second submit could be a second payment.
-        """
-        model, fal_input = await self.inputs.prepare(params, allowed_dirs)
-        quote = await self.quote(model, fal_input)
-        approved = approval == "approved by the user"
-        if not approved and (
-            reason := self.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)
-        ):
-            raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
-        intent = SubmitIntent(
-            intent_id=uuid.uuid4().hex,
-            endpoint_id=model.endpoint_id,
-            arguments=fal_input.model_dump(mode="json", exclude_none=True),
-            prompt=params.prompt,
-            cost_usd=quote.cost_usd,
-            webhook_url=webhook_url,
-            unit_price=quote.unit_price,
-            price_source=quote.source,
-            approval=approval or "within the limits",
-        )
-        try:
-            refusal = self.ledger.reserve(intent, approved=approved)
-        except Exception as exc:  # nothing was sent: better no job than one nobody could find again
-            logger.exception("could not journal a submission")
-            raise JobError(
-                f"The job journal in {self.settings.state_dir} cannot be written ({_reason(exc)}), so "
-                "nothing was sent to fal. Free some disk space or set FLUX_MCP_STATE_DIR to a writable folder."
-            ) from None
-        if refusal is not None:
-            raise SpendRefused(
-                f"Not submitted, nothing was spent: {refusal}; other calls used the budget meanwhile. Call "
-                "again to be asked."
-            )
-        try:
-            handle = await self.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
-        except SubmissionStateUnknownError as exc:
-            self.reconcile_in_background(intent)
-            raise JobError(
-                f"{exc.message.rstrip('.')}. The submission is being looked up in fal's request history: "
-                "if fal queued it, it becomes a job that is followed and saved like any other, and "
-                "check_status lists it. Do not submit it again: that could pay for it twice."
-            ) from None
-        except FalError:
-            self.journal.drop_intent(intent.intent_id)  # fal refused it, or it never left this machine
-            raise
-        except BaseException:  # cancelled with the request in flight: fal may have it
-            self.reconcile_in_background(intent)
-            raise
-        record = JobRecord(
-            job_id=handle.request_id,
-            endpoint_id=handle.endpoint_id,
-            status_url=handle.status_url,
-            response_url=handle.response_url,
-            cancel_url=handle.cancel_url,
-            arguments=journal_arguments(intent.arguments),
-            prompt=params.prompt,
-            status="queued",
-            queue_position=handle.queue_position,
-            cost_usd=intent.cost_usd,
-            webhook_url=webhook_url,
-            created_at=intent.created_at,
-            unit_price=intent.unit_price,
-            price_source=intent.price_source,
-            approval=intent.approval,
-        )
-        try:
-            self.journal.fulfil_intent(intent.intent_id, record)
-        except Exception as exc:
-            logger.exception("could not journal job %s", record.job_id)
-            raise JobError(
-                f"fal accepted the job (job_id {record.job_id}) but it could not be recorded locally "
-                f"({_reason(exc)}); keep the job_id: check_status still needs it."
-            ) from None
-        return record
 
     def reconcile_in_background(self, intent: SubmitIntent) -> None:
         """Keep looking a leftover submission up in fal's history until it is found or surely absent."""
@@ -209,10 +117,6 @@ class JobService:
         """What a job will cost, at fal's current price for this account where fal tells it."""
         return await self.prices.quote(model, fal_input)
 
-    def unconfirmed(self) -> list[SubmitIntent]:
-        """Submissions whose fate fal's history could not tell (the key may not read it)."""
-        return [intent for intent in self.journal.intents() if intent.state == "unconfirmed"]
-
     async def find(self, job_id: str) -> JobRecord:
         """The journalled job; an id not journalled yet may be a submission still being reconciled."""
         if self.journal.get(job_id.strip()) is None:
@@ -233,7 +137,7 @@ class JobService:
         record = self.journal.get(job_id.strip())
         if record is None:
             recent = ", ".join(r.job_id for r in self.journal.recent(3)) or "none yet"
-            unconfirmed = self.unconfirmed()
+            unconfirmed = self.ledger.unconfirmed_submissions()
             also = (
                 f" {len(unconfirmed)} submission(s) are unconfirmed: fal may have queued them, but this "
                 "key cannot read fal's request history to tell (see fal.ai/dashboard/requests)."
@@ -478,18 +382,3 @@ class JobService:
     ) -> JobResult:
         """The structured view of a job in any state; a completed job's stored result is served as built."""
         return describe(record, self.settings, logs=logs, waited=waited)
-
-
-def journal_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The input as sent, with an inline data URI shortened: the journal keeps facts, not image bytes."""
-    image_url = arguments.get("image_url")
-    if isinstance(image_url, str) and image_url.startswith("data:"):
-        return arguments | {"image_url": f"{image_url.split(',', 1)[0]},<{len(image_url)} characters>"}
-    return arguments
-
-
-def _reason(exc: Exception) -> str:
-    """Why a local operation failed, in the operating system's words rather than an exception's name."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or "an unexpected error"

@@ -156,19 +156,23 @@ class Ledger:
                 )
                 for row in rows
             ],
-            unconfirmed_submissions=[
-                UnconfirmedSubmission(
-                    model=intent.endpoint_id,
-                    prompt=intent.prompt,
-                    submitted_at=intent.created_at,
-                    note=intent.note or "",
-                )
-                for intent in self.journal.intents()
-                if intent.state == "unconfirmed"
-            ],
+            unconfirmed_submissions=self.unconfirmed_submissions(),
             note="Estimates from fal's prices as fal-flux-mcp knew them, for the jobs it submitted; fal's "
             "invoice (fal.ai/dashboard/billing) is the authority.",
         )
+
+    def unconfirmed_submissions(self) -> list[UnconfirmedSubmission]:
+        """Submissions fal may have queued (and charged) that the key cannot confirm: never sent again."""
+        return [
+            UnconfirmedSubmission(
+                model=intent.endpoint_id,
+                prompt=intent.prompt,
+                submitted_at=intent.created_at,
+                note=intent.note or "",
+            )
+            for intent in self.journal.intents()
+            if intent.state == "unconfirmed"
+        ]
 
     def _period(self, period: Period) -> PeriodSpend:
         start, end, *_ = period.bounds()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from fal_flux_mcp.fal import FalError, HistoryItem
+from fal_flux_mcp.server._inputs import journal_arguments
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
 
 if TYPE_CHECKING:
@@ -43,12 +44,10 @@ class Reconciler:
         fal: Callable[[], FalClient],
         *,
         window: timedelta,
-        journal_arguments: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> None:
         self.journal = journal
         self._fal = fal
         self.window = window
-        self._journal_arguments = journal_arguments
 
     async def reconcile(self, intent: SubmitIntent) -> tuple[Outcome, JobRecord | None]:
         """Look ``intent`` up once; the outcome, and the job when it was found."""
@@ -111,7 +110,7 @@ class Reconciler:
             status_url=handle.status_url,
             response_url=handle.response_url,
             cancel_url=handle.cancel_url,
-            arguments=self._journal_arguments(dict(intent.arguments)),
+            arguments=journal_arguments(dict(intent.arguments)),
             prompt=intent.prompt,
             status="queued",
             cost_usd=intent.cost_usd,

@@ -47,11 +47,11 @@ from fal_flux_mcp.server._schemas import (
     SpendReport,
     StatusParams,
     SubmitParams,
-    UnconfirmedSubmission,
     UploadParams,
     UploadResult,
     status_params,
 )
+from fal_flux_mcp.server._submit import submit
 from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image, roots_to_dirs
 
 logger = logging.getLogger("fal_flux_mcp.server")
@@ -153,7 +153,8 @@ def register_tools(server: FluxServer) -> None:
         state = _state(ctx)
         progress = Progress(ctx)
         with _tool_errors():
-            record = await state.jobs.submit(
+            record = await submit(
+                state.jobs,
                 params,
                 allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
                 approval=approval_of(approval),
@@ -194,7 +195,8 @@ def register_tools(server: FluxServer) -> None:
         """
         state = _state(ctx)
         with _tool_errors():
-            record = await state.jobs.submit(
+            record = await submit(
+                state.jobs,
                 params,
                 allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
                 webhook_url=params.webhook_url,
@@ -239,15 +241,7 @@ def register_tools(server: FluxServer) -> None:
                 if not record.is_terminal:
                     state.jobs.follow_in_background(record)
         result = state.jobs.describe(record, logs=logs if params.include_logs else None)
-        unconfirmed = [
-            UnconfirmedSubmission(
-                model=intent.endpoint_id,
-                prompt=intent.prompt,
-                submitted_at=intent.created_at,
-                note=intent.note or "",
-            )
-            for intent in state.jobs.unconfirmed()
-        ]
+        unconfirmed = state.jobs.ledger.unconfirmed_submissions()
         if unconfirmed:
             result = result.model_copy(update={"unconfirmed_submissions": unconfirmed})
         if result.status == "failed":  # a status report, not a failed call

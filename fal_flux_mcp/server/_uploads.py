@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import anyio.lowlevel
 
-from fal_flux_mcp.server._errors import quoted
+from fal_flux_mcp.server._errors import quoted, reason_of
 from fal_flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
 
 _ACCEPTED = "JPEG, PNG, WebP, GIF or AVIF"
@@ -152,7 +152,7 @@ def resolve_local_image(
     try:
         resolved = given.resolve(strict=False)
     except (OSError, RuntimeError) as exc:  # symlink loop
-        raise UploadRefused(f"{quoted(given)} cannot be resolved ({_reason(exc)}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be resolved ({reason_of(exc)}).") from exc
     inside = any(resolved.is_relative_to(root) for root in roots)
     try:
         real = given.resolve(strict=True)
@@ -164,7 +164,7 @@ def resolve_local_image(
             raise UploadRefused(
                 f"{quoted(given)} does not exist. Check the file name; images must be inside {where}."
             ) from None
-        raise UploadRefused(f"{quoted(given)} cannot be read ({_reason(exc)}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be read ({reason_of(exc)}).") from exc
     if not inside and not _inside_by_identity(real, roots):
         raise outside
 
@@ -357,7 +357,7 @@ def _open_no_follow(real: Path, given: Path) -> io.FileIO:
                 f"{quoted(given)} was replaced by a symbolic link while it was being checked; give the path of "
                 "the image itself."
             ) from None
-        raise UploadRefused(f"{quoted(given)} cannot be read ({_reason(exc)}).") from exc
+        raise UploadRefused(f"{quoted(given)} cannot be read ({reason_of(exc)}).") from exc
     return io.FileIO(fd, "r")
 
 
@@ -418,10 +418,3 @@ def _upload_file_name(name: str | None, content_type: str) -> str:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a file could not be used, in the system's words, without repeating its (possibly huge) name."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return "a symbolic link loop" if isinstance(exc, RuntimeError) else type(exc).__name__
