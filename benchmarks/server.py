@@ -49,6 +49,9 @@ def server_env(emulator: Emulator, root: Path) -> dict[str, str]:
         "FLUX_MCP_OUTPUT_DIR": str(root / "out"),
         "FLUX_MCP_STATE_DIR": str(root / "state"),
         "FLUX_MCP_LOG_LEVEL": "WARNING",
+        # Hundreds of emulated jobs (no money): the default $5 a day would stop the second batch.
+        "FLUX_MCP_DAILY_BUDGET_USD": "off",
+        "FLUX_MCP_MAX_USD_PER_CALL": "off",
     }
 
 

@@ -12,13 +12,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fal_flux_mcp.registry import MODELS
-
 DEFAULT_KEY = "emulator-key-id:emulator-key-secret"
 
 
 def _list_prices() -> dict[str, float]:
     """The registry's list prices: what a fresh emulator's pricing API answers."""
+    from fal_flux_mcp.registry import MODELS  # here, not at import: ``serve`` reads this module's options
+
     return {info.endpoint_id: info.price_usd for info in MODELS.values()}
 
 
