@@ -12,8 +12,9 @@ sizes fal returns, and has knobs and fault injection for tests::
 ``serve()`` runs it in the foreground (``fal-flux-mcp emulator``, ``python -m fal_flux_mcp.emulator``).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fal_flux_mcp._lazy import lazy_exports
 from fal_flux_mcp.emulator._config import DEFAULT_KEY, EmulatorConfig
 
 if TYPE_CHECKING:
@@ -29,15 +30,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 __all__ = ["DEFAULT_KEY", "Emulator", "EmulatorConfig", "JobInfo", "serve"]

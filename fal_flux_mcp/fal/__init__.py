@@ -8,8 +8,9 @@ Importing this package is cheap: the client itself, and httpx with it, load on f
 free of the HTTP stack's import time.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fal_flux_mcp._lazy import lazy_exports
 from fal_flux_mcp.fal._exceptions import (
     AccountLockedError,
     AuthenticationError,
@@ -42,16 +43,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(globals(), _LAZY)
 
 __all__ = [
     "AccountLockedError",
