@@ -71,7 +71,7 @@ async def _generate(env: dict[str, str], prompt: str, model: str, aspect_ratio: 
     previews = [block for block in result.content if block.type == "image"]
     print(
         f"done in {time.perf_counter() - started:.2f}s: status {data.get('status')}, job {data.get('job_id')}, "
-        f"estimated cost ${data.get('cost_usd')}"
+        f"cost ${data.get('cost_usd')} ({data.get('price_source')}; nothing is billed on the emulator)"
     )
     for image in data.get("images", []):
         print(f"  image {image['index'] + 1}: {image['width']}x{image['height']} {image['content_type']}")
