@@ -21,13 +21,12 @@ from mcp.types import CallToolResult
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.fal import FalClient, RetryPolicy
 from fal_flux_mcp.server import build_server
+from fal_flux_mcp.server._file_uris import file_uri_to_path, roots_to_dirs
 from fal_flux_mcp.server._uploads import (
     LocalImage,
     UploadRefused,
-    _file_uri_to_path,
     decode_image_data,
     resolve_local_image,
-    roots_to_dirs,
 )
 from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
@@ -574,7 +573,7 @@ def test_roots_round_trip_a_real_folder(allowed: Path) -> None:
     ],
 )
 def test_windows_root_forms(uri: str, path: str | None) -> None:
-    assert _file_uri_to_path(uri, windows=True) == path
+    assert file_uri_to_path(uri, windows=True) == path
 
 
 @linux_only

@@ -33,6 +33,7 @@ from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._approval import Approval, approval_of, spend_approval
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._errors import JobError
+from fal_flux_mcp.server._file_uris import roots_to_dirs
 from fal_flux_mcp.server._flat import flat_arguments
 from fal_flux_mcp.server._inputs import tool_fields_for
 from fal_flux_mcp.server._replies import Progress, job_result
@@ -52,7 +53,7 @@ from fal_flux_mcp.server._schemas import (
     status_params,
 )
 from fal_flux_mcp.server._submit import submit
-from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image, roots_to_dirs
+from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image
 
 logger = logging.getLogger("fal_flux_mcp.server")
 

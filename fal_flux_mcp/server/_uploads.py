@@ -26,22 +26,21 @@ import re
 import stat
 import sys
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.lowlevel
 
 from fal_flux_mcp.server._errors import quoted, reason_of
+from fal_flux_mcp.server._file_uris import file_uri_to_path
 from fal_flux_mcp.server._images import IMAGE_EXTENSIONS, sniff_content_type
 
 _ACCEPTED = "JPEG, PNG, WebP, GIF or AVIF"
 _HEADER_BYTES = 64
 _DATA_URI = re.compile(r"^data:(?P<type>[^,;]*)(?P<params>(?:;[^,;]*)*),(?P<payload>.*)$", re.DOTALL | re.I)
-_DRIVE = re.compile(r"^/?(?P<letter>[A-Za-z])[:|](?P<rest>/.*)?$")
 
 
 class UploadRefused(Exception):
@@ -132,7 +131,7 @@ def resolve_local_image(
     if "\x00" in text:
         raise UploadRefused("The path contains a NUL character, which no file name can. Check the path.")
     if text.lower().startswith("file:"):
-        converted = _file_uri_to_path(text, windows=os.name == "nt")
+        converted = file_uri_to_path(text, windows=os.name == "nt")
         if converted is None:
             raise UploadRefused(
                 f"{quoted(text)} is not a local file URI. Give an absolute path inside {where}."
@@ -266,49 +265,6 @@ def decode_image_data(data: str, file_name: str | None, max_bytes: int) -> Decod
 def _looks_like_path(text: str) -> bool:
     # Checked only once base64 decoding failed: valid base64 (JPEG's starts '/9j/') can start with '/'.
     return text.startswith(("/", "~", "file:", "\\\\")) or re.match(r"^[A-Za-z]:[\\/]", text) is not None
-
-
-def roots_to_dirs(uris: Iterable[str]) -> list[Path]:
-    """The local folders behind MCP root URIs; roots that are not ``file:`` URIs are skipped.
-
-    Handles percent-encoding (spaces, non-ASCII), ``localhost`` hosts and Windows forms
-    (``file:///C:/Users``, ``file:///c%3A/...``, ``file:///C|/...``, UNC ``file://server/share``).
-    Duplicates are dropped, order is kept.
-    """
-    dirs: list[Path] = []
-    for uri in uris:
-        converted = _file_uri_to_path(str(uri), windows=os.name == "nt")
-        if converted is not None and Path(converted) not in dirs:
-            dirs.append(Path(converted))
-    return dirs
-
-
-def _file_uri_to_path(uri: str, *, windows: bool) -> str | None:
-    """The local path of a ``file:`` URI in the given OS's syntax, or None if it names no local path."""
-    try:
-        parts = urlsplit(uri.strip())
-    except ValueError:
-        return None
-    if parts.scheme.lower() != "file":
-        return None
-    host = unquote(parts.netloc)
-    path = unquote(parts.path)
-    if _DRIVE.match(host):  # 'file://C:/Users' (a common malformed form)
-        path, host = host + path, ""
-    if host.lower() == "localhost":
-        host = ""
-    if "\x00" in path or "\x00" in host:
-        return None
-    drive = _DRIVE.match(path)
-    if windows:
-        if host:
-            return "\\\\" + host + path.replace("/", "\\")
-        if drive:
-            return f"{drive['letter'].upper()}:" + (drive["rest"] or "/").replace("/", "\\")
-        return None if not path else path.replace("/", "\\")
-    if host or drive or not path.startswith("/"):
-        return None  # a network share or a Windows drive means nothing here
-    return path
 
 
 def _allowed_roots(allowed_dirs: Sequence[Path]) -> list[Path]:
