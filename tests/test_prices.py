@@ -179,3 +179,17 @@ async def test_the_client_reads_prices_and_maps_a_refusal(emulator: Emulator, fa
     assert refused.value.status_code == 403
     assert "permission to read pricing" in str(refused.value)
     assert emulator.key.split(":")[1] not in str(refused.value)
+
+
+async def test_a_pricing_api_that_does_not_answer_in_time_gives_way_to_the_list_price(
+    emulator: Emulator, fal: FalClient
+) -> None:
+    """A generation is never held up for long by a price: fal's pricing API slow, the list price is used."""
+    emulator.config.prices = {**emulator.config.prices, "fal-ai/flux-pro/v1.1-ultra": 0.07}
+    emulator.inject("pricing", "slow", count=1, delay=5)
+    book = PriceBook(lambda: fal, ask_seconds=0.3, retry_seconds=0)
+    ultra = MODELS["fal-ai/flux-pro/v1.1-ultra"]
+    with anyio.fail_after(3):
+        price, source = await book.unit_price(ultra)
+    assert (price, source) == (0.06, "built-in price list")
+    assert await book.unit_price(ultra) == (0.07, "fal pricing API")  # asked again, answered at once

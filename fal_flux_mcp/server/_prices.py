@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fal_flux_mcp.server")
 
+#: The longest a quote waits for fal's pricing API before it uses the list price.
+_ASK_SECONDS = 5.0
+
 PriceSource = Literal["fal pricing API", "built-in price list"]
 FROM_FAL: PriceSource = "fal pricing API"
 BUILT_IN: PriceSource = "built-in price list"
@@ -64,8 +67,10 @@ class PriceBook:
         *,
         ttl_seconds: float = 86400,
         retry_seconds: float = _RETRY_SECONDS,
+        ask_seconds: float = _ASK_SECONDS,
     ) -> None:
         self._fal = fal
+        self._ask_seconds = ask_seconds
         self._ttl = ttl_seconds
         self._retry = retry_seconds
         self._lock = anyio.Lock()
@@ -114,7 +119,16 @@ class PriceBook:
 
     async def _ask(self) -> None:
         try:
-            prices = await self._fal().platform.prices(list(MODELS))
+            # A price is not worth holding up a generation for: a slow or failing pricing API (its
+            # retries included) gives way to the list price after a few seconds.
+            with anyio.fail_after(self._ask_seconds):
+                prices = await self._fal().platform.prices(list(MODELS))
+        except TimeoutError:
+            self._next_ask = time.monotonic() + self._retry
+            logger.info(
+                "fal's pricing did not answer within %.0f s; quoting list prices for now", _ASK_SECONDS
+            )
+            return
         except FalError as exc:
             if exc.status_code in (401, 403):
                 # The key lacks the permission; that will not change within the day.
