@@ -51,6 +51,18 @@ async def test_a_client_that_gives_up_on_a_queued_job_cancels_it_on_fal(
     assert status.structured_content["status"] == "cancelled"
 
 
+async def test_a_client_that_gives_up_before_fal_answers_the_submit_still_cancels_the_queued_job(
+    settings: Settings, emulator: Emulator
+) -> None:
+    """The race the test above can hit: fal has queued the job, its answer is still on the way."""
+    emulator.config.queue_depth = 50
+    emulator.inject("submit", "slow", count=1, delay=2)  # fal queues it, then holds the answer back
+    async with Client(build_server(settings)) as client:
+        await _call_then_give_up(client, emulator, once_started=False)
+        await _until(lambda: emulator.jobs()[0].cancelled)
+    assert not emulator.jobs()[0].started
+
+
 async def test_a_client_that_gives_up_on_a_running_job_keeps_it_and_gets_its_images_saved(
     settings: Settings, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:

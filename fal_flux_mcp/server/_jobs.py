@@ -30,6 +30,7 @@ from fal_flux_mcp.fal import (
 from fal_flux_mcp.models import FalInput
 from fal_flux_mcp.registry import MODELS, ModelInfo
 from fal_flux_mcp.server._background import Background
+from fal_flux_mcp.server._cancel import stop_waiting
 from fal_flux_mcp.server._errors import UnknownJobError
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import InputBuilder
@@ -97,13 +98,20 @@ class JobService:
 
     # ------------------------------------------------------------------------------- submit, follow
 
-    def reconcile_in_background(self, intent: SubmitIntent) -> None:
-        """Keep looking a leftover submission up in fal's history until it is found or surely absent."""
+    def reconcile_in_background(self, intent: SubmitIntent, *, abandoned: bool = False) -> None:
+        """Keep looking a leftover submission up in fal's history until it is found or surely absent.
+
+        ``abandoned``: the client gave up while the submit was in flight. Found, the job is then
+        treated as any job the client stopped waiting for: cancelled if still queued, else kept.
+        """
 
         async def attempt() -> bool:
             outcome, record = await self.reconciler.reconcile(intent)
             if record is not None:
-                self.follow_in_background(record)
+                if abandoned:
+                    await stop_waiting(self, record)
+                else:
+                    self.follow_in_background(record)
             return outcome != "waiting"
 
         self.background.start(

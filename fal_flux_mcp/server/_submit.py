@@ -80,8 +80,8 @@ async def submit(
     except FalError:
         jobs.journal.drop_intent(intent.intent_id)  # fal refused it, or it never left this machine
         raise
-    except BaseException:  # cancelled with the request in flight: fal may have it
-        jobs.reconcile_in_background(intent)
+    except BaseException:  # the client gave up with the request in flight: fal may have it, queued
+        jobs.reconcile_in_background(intent, abandoned=True)
         raise
     record = JobRecord(
         job_id=handle.request_id,
