@@ -252,3 +252,17 @@ async def test_fal_failures_release_or_keep_the_reservation_as_fal_bills_them(
     assert today["possibly_charged_usd"] == pytest.approx(0.06)  # fal may bill a 422
     assert today["released_usd"] == pytest.approx(0.06)  # and never bills a 5xx
     assert today["total_usd"] == pytest.approx(0.06)
+
+
+async def test_a_client_that_declares_elicitation_but_fails_the_question_is_refused_in_words(
+    settings: Settings, emulator: Emulator
+) -> None:
+    settings.max_usd_per_call = 0.01
+
+    async def broken(context: object, params: Any) -> ElicitResult:
+        raise RuntimeError("this client cannot show forms after all")
+
+    async with Client(build_server(settings), mode="legacy", elicitation_callback=broken) as client:
+        result = await client.call_tool("submit_job", ULTRA)
+    assert result.is_error and "cannot ask the user" in text_of(result)
+    assert emulator.counters["submit"] == 0

@@ -10,6 +10,7 @@ can change. The model cannot approve: ``max_cost_usd`` only lowers the limit for
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ from fal_flux_mcp.models import output_size
 from fal_flux_mcp.server._errors import JobError, SpendRefused
 from fal_flux_mcp.server._ledger import usd
 from fal_flux_mcp.server._schemas import GenerationParams
+
+logger = logging.getLogger("fal_flux_mcp.server")
 
 
 class SpendApproval(BaseModel):
@@ -88,7 +91,11 @@ async def spend_approval(
         return Elicit(question, SpendApproval)
     # An older connection asks mid-call: the call waits for the user, but not for ever.
     with anyio.move_on_after(state.settings.approval_timeout_seconds):
-        outcome = await ctx.elicit(question, SpendApproval)
+        try:
+            outcome = await ctx.elicit(question, SpendApproval)
+        except Exception:  # declared the capability but could not ask after all (some clients do)
+            logger.info("the client declared elicitation but the spend question failed", exc_info=True)
+            return Assessment("cannot_ask", reason)
         if isinstance(outcome, AcceptedElicitation):
             return outcome.data
         return Assessment("declined" if isinstance(outcome, DeclinedElicitation) else "dismissed")
