@@ -20,15 +20,12 @@ from starlette.responses import JSONResponse, Response
 
 from fal_flux_mcp.emulator import _jobs as jobs
 from fal_flux_mcp.emulator._auth import check_key
+from fal_flux_mcp.emulator._responses import iso_time
 
 if TYPE_CHECKING:
     from fal_flux_mcp.emulator._core import Core
 
 _MAX_LIMIT = 100
-
-
-def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat()
 
 
 def _time(value: str | None) -> float | None:
@@ -42,8 +39,8 @@ def _item(job: jobs.Job, payloads: bool) -> dict[str, Any]:
     item: dict[str, Any] = {
         "request_id": job.request_id,
         "endpoint_id": job.endpoint_id,
-        "sent_at": _iso(job.submitted_at + job.wall_offset),
-        "started_at": None if job.started_at is None else _iso(job.started_at + job.wall_offset),
+        "sent_at": iso_time(job.submitted_at + job.wall_offset),
+        "started_at": None if job.started_at is None else iso_time(job.started_at + job.wall_offset),
         "status": "success" if job.finished_at is not None and job.outcome == jobs.OK else job.state,
     }
     if payloads:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -119,3 +120,8 @@ def with_faults(core: Core, kind: str, handler: Handler) -> Handler:
         return response
 
     return endpoint
+
+
+def iso_time(unix: float) -> str:
+    """A Unix time as the ISO 8601 text fal's APIs answer with (UTC)."""
+    return datetime.fromtimestamp(unix, UTC).isoformat()

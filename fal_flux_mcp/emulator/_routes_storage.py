@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -16,7 +15,7 @@ from starlette.routing import Route
 
 from fal_flux_mcp.emulator._auth import check_key, check_token
 from fal_flux_mcp.emulator._core import Core
-from fal_flux_mcp.emulator._responses import json_response, request_origin, with_faults
+from fal_flux_mcp.emulator._responses import iso_time, json_response, request_origin, with_faults
 from fal_flux_mcp.emulator._storage import StorageError
 from fal_flux_mcp.emulator._validation import parse_body
 
@@ -36,7 +35,7 @@ def storage_routes(core: Core) -> list[Route]:
                 "token": value,
                 "token_type": "Bearer",
                 "base_url": request_origin(request),
-                "expires_at": _iso(expires),
+                "expires_at": iso_time(expires),
             }
         )
 
@@ -150,7 +149,3 @@ def storage_routes(core: Core) -> list[Route]:
         ),
         Route("/files/{path:path}", with_faults(core, "file", file), methods=["GET", "HEAD"]),
     ]
-
-
-def _iso(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat()

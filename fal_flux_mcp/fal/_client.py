@@ -246,10 +246,7 @@ class FalClient:
                     exc,
                     "reopening" if failures < _STREAM_ATTEMPTS else "polling",
                 )
-                delay = self._transport.retry.backoff(failures)
-                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, self._transport.retry.max_retry_after))
-                await anyio.sleep(delay)
+                await anyio.sleep(self._transport.retry.wait_after(failures, exc))
         previous: QueueStatus | None = None
         while True:
             status = await self.status(handle, logs=logs)

@@ -41,9 +41,7 @@ class Downloader:
             except (UpstreamUnavailableError, RateLimitedError) as exc:
                 if attempt == policy.max_attempts:
                     raise
-                delay = policy.backoff(attempt)
-                if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, policy.max_retry_after))
+                delay = policy.wait_after(attempt, exc)
                 logger.info("download %s: %s; retrying in %.2fs", without_query(url), exc, delay)
                 await anyio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -9,8 +9,9 @@ prices the registry carries. Keys may lack the permission for either; fal then a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import pydantic
 
@@ -33,6 +34,20 @@ class Platform:
         self._transport = transport
         self._hosts = hosts
 
+    async def _pages(self, url: str, params: dict[str, str], key: str, what: str) -> AsyncIterator[list[Any]]:
+        """Each page's list under ``key``, following ``next_cursor`` while ``has_more`` (at most 20 pages)."""
+        params = dict(params)
+        for _ in range(_MAX_PAGES):
+            response = await self._transport.send("GET", url, phase="status", params=params)
+            body = json_body(response)
+            if not isinstance(body, Mapping) or not isinstance(body.get(key), list):
+                raise FalError(f"fal's {what} answered without a list of {key}")
+            yield body[key]
+            cursor = body.get("next_cursor")
+            if not body.get("has_more") or not isinstance(cursor, str):
+                return
+            params["cursor"] = cursor
+
     async def request_history(
         self, endpoint_id: str, *, start: datetime, end: datetime, payloads: bool = True, page_size: int = 100
     ) -> list[HistoryItem]:
@@ -50,22 +65,12 @@ class Platform:
         if payloads:
             params["expand"] = "payloads"
         items: list[HistoryItem] = []
-        for _ in range(_MAX_PAGES):
-            response = await self._transport.send(
-                "GET", self._hosts.request_history_url(), phase="status", params=params
-            )
-            body = json_body(response)
-            if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
-                raise FalError("fal's request history answered without a list of items")
-            for item in body["items"]:
+        async for page in self._pages(self._hosts.request_history_url(), params, "items", "request history"):
+            for item in page:
                 try:
                     items.append(HistoryItem.model_validate(item))
                 except pydantic.ValidationError:  # an item without a request id cannot be matched
                     continue
-            cursor = body.get("next_cursor")
-            if not body.get("has_more") or not isinstance(cursor, str):
-                break
-            params["cursor"] = cursor
         return items
 
     async def prices(self, endpoint_ids: Sequence[str]) -> dict[str, float]:
@@ -81,20 +86,10 @@ class Platform:
             return {}
         params: dict[str, str] = {"endpoint_id": ",".join(ids)}
         prices: dict[str, float] = {}
-        for _ in range(_MAX_PAGES):
-            response = await self._transport.send(
-                "GET", self._hosts.pricing_url(), phase="status", params=params
-            )
-            body = json_body(response)
-            if not isinstance(body, Mapping) or not isinstance(body.get("prices"), list):
-                raise FalError("fal's pricing API answered without a list of prices")
-            for item in body["prices"]:
+        async for page in self._pages(self._hosts.pricing_url(), params, "prices", "pricing API"):
+            for item in page:
                 if (entry := _usd_price(item)) is not None:
                     prices[entry[0]] = entry[1]
-            cursor = body.get("next_cursor")
-            if not body.get("has_more") or not isinstance(cursor, str):
-                break
-            params["cursor"] = cursor
         return prices
 
 

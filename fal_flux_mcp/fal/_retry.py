@@ -34,6 +34,14 @@ class RetryPolicy:
         delay = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
         return min(delay * random.uniform(0.5, 1.5), self.max_delay)
 
+    def wait_after(self, attempt: int, error: Exception) -> float:
+        """The backoff, or a rate limit's ``Retry-After`` if longer (up to ``max_retry_after``)."""
+        delay = self.backoff(attempt)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_retry_after))
+        return delay
+
 
 def surely_not_sent(exc: httpx.TransportError) -> bool:
     """Whether a transport error happened before any byte of the request could reach fal."""

@@ -67,7 +67,7 @@ async def spend_approval(
         info, fal_input = state.jobs.inputs.checked(params)
     except (JobError, ValidationError):
         return Assessment("unpriced")  # the tool itself refuses it, in its own words
-    quote = await state.jobs.quote(info, fal_input)
+    quote = await state.jobs.prices.quote(info, fal_input)
     reason = state.jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=max_cost_usd)
     if reason is None:
         return Assessment("fits")

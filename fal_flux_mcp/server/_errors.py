@@ -14,7 +14,7 @@ def reason_of(exc: BaseException) -> str:
         return exc.strerror
     if isinstance(exc, RuntimeError):
         return "a symbolic link loop"
-    return str(exc)[:QUOTE_LIMIT] or "an unexpected error"
+    return str(exc)[: 5 * QUOTE_LIMIT] or "an unexpected error"  # a sentence; only a runaway one is cut
 
 
 def quoted(value: object, limit: int = QUOTE_LIMIT) -> str:

@@ -27,8 +27,7 @@ from fal_flux_mcp.fal import (
     UpstreamUnavailableError,
     ValidationError,
 )
-from fal_flux_mcp.models import FalInput
-from fal_flux_mcp.registry import MODELS, ModelInfo
+from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server._background import Background
 from fal_flux_mcp.server._cancel import stop_waiting
 from fal_flux_mcp.server._errors import UnknownJobError
@@ -36,7 +35,7 @@ from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import InputBuilder
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
 from fal_flux_mcp.server._ledger import Ledger
-from fal_flux_mcp.server._prices import PriceBook, Quote
+from fal_flux_mcp.server._prices import PriceBook
 from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
@@ -120,10 +119,6 @@ class JobService:
             first_delay=_RECONCILE_RETRY_FIRST,
             max_delay=_RECONCILE_RETRY_MAX,
         )
-
-    async def quote(self, model: ModelInfo, fal_input: FalInput) -> Quote:
-        """What a job will cost, at fal's current price for this account where fal tells it."""
-        return await self.prices.quote(model, fal_input)
 
     async def find(self, job_id: str) -> JobRecord:
         """The journalled job; an id not journalled yet may be a submission still being reconciled."""

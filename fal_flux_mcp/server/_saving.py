@@ -21,6 +21,7 @@ import anyio
 
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.models import FluxOutput
+from fal_flux_mcp.server._errors import reason_of
 from fal_flux_mcp.server._images import (
     Preview,
     image_dimensions,
@@ -137,8 +138,9 @@ class ImageSaver:
             )
         except (OSError, ValueError) as exc:
             logger.warning("could not save image %d of %s: %s", info.index, record.job_id, exc)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            return info.model_copy(update={"save_state": "pending", "save_error": f"saving failed: {reason}"})
+            return info.model_copy(
+                update={"save_state": "pending", "save_error": f"saving failed: {reason_of(exc)}"}
+            )
         return info.model_copy(update={"path": str(path), "save_state": "saved", "save_error": None})
 
     async def _preview(self, job_id: str, index: int, data: bytes, budget: int) -> None:

@@ -40,7 +40,7 @@ async def submit(
     again: a second submit could be a second payment.
     """
     model, fal_input = await jobs.inputs.prepare(params, allowed_dirs)
-    quote = await jobs.quote(model, fal_input)
+    quote = await jobs.prices.quote(model, fal_input)
     approved = approval == "approved by the user"
     if not approved and (reason := jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)):
         raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
