@@ -292,6 +292,27 @@ async def test_same_prompt_and_seed_give_identical_files(emulator: Emulator) -> 
     assert isinstance(random_seed, int)
 
 
+async def test_photo_look_has_a_photos_grain_and_stays_deterministic(emulator: Emulator) -> None:
+    """Benchmarks decode these files: flat shapes would make a client's image work look cheap."""
+    emulator.config.job_seconds = 0
+    body = {"prompt": "a street market", "seed": 5, "image_size": {"width": 1024, "height": 768}}
+    async with client(emulator) as http:
+
+        async def one() -> bytes:
+            output = (await finish(http, await submit(http, "fal-ai/flux/dev", body))).json()
+            return await image_bytes(output["images"][0]["url"])
+
+        flat = await one()
+        emulator.config.look = "photo"
+        photo = await one()
+        assert photo == await one()
+    with Image.open(io.BytesIO(photo)) as decoded:
+        assert decoded.size == (1024, 768)
+        # A photo's JPEG at quality 90 takes 1.5 to 4 bits a pixel; flat shapes take well under one.
+        assert 1.5 <= len(photo) * 8 / (1024 * 768) <= 4
+    assert len(photo) > 4 * len(flat)
+
+
 async def test_sync_mode_returns_data_uris(emulator: Emulator) -> None:
     emulator.config.job_seconds = 0
     async with client(emulator) as http:

@@ -127,6 +127,14 @@ class EmulatorConfig(BaseModel):
     a 503, an infrastructure failure."""
 
     # ----------------------------------------------------------------------------------------------
+    # Images
+
+    look: Literal["flat", "photo"] = "flat"
+    """How output images are drawn. ``"flat"``: a gradient and solid shapes, cheap to render and to
+    decode, for tests. ``"photo"``: the same with a photograph's texture and grain, which JPEG
+    compresses (and decoders decode) like a real FLUX output: what a benchmark should use."""
+
+    # ----------------------------------------------------------------------------------------------
     # Storage
 
     token_ttl_seconds: float = Field(default=3600.0, gt=0)
@@ -171,6 +179,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=EmulatorConfig.model_fields["job_seconds"].default,
         help="how long each job runs, in seconds",
     )
+    parser.add_argument(
+        "--look",
+        choices=("flat", "photo"),
+        default=EmulatorConfig.model_fields["look"].default,
+        help="how images are drawn: flat shapes (fast), or with a photo's texture and grain (realistic sizes)",
+    )
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
         "--key",
@@ -187,4 +201,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace) -> EmulatorConfig:
     """The knobs the command line asked for; the rest keep their defaults."""
-    return EmulatorConfig(key=args.key, accept_any_key=args.any_key, job_seconds=args.job_seconds)
+    return EmulatorConfig(
+        key=args.key, accept_any_key=args.any_key, job_seconds=args.job_seconds, look=args.look
+    )

@@ -222,10 +222,11 @@ class Core:
         prompt = getattr(model_input, "prompt", "") or ""
         count = getattr(model_input, "num_images", 1)
         loop = asyncio.get_running_loop()
+        look = self.config.look
 
         async def encoded(index: int) -> bytes:
             return await loop.run_in_executor(
-                self._executor, render, prompt, job.seed + index, width, height, output_format, job.nsfw
+                self._executor, render, prompt, job.seed + index, width, height, output_format, job.nsfw, look
             )
 
         async def stored(key: str, index: int) -> None:
