@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         description="The most all calls may spend per calendar month without asking, in USD; 0: ask "
         "every time; off (the default): no limit.",
     )
+    keep_days: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+        default=30.0,
+        gt=0,
+        description="Days the previews and journal entries of finished jobs are kept (fractions "
+        "allowed); off: kept for ever. Saved images in the output folder are never deleted.",
+    )
     preview_max_edge: int = Field(
         default=1024, ge=64, le=4096, description="Longest edge, in pixels, of the inline previews."
     )

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from PIL import Image
 
+from fal_flux_mcp.server._files import save_image
 from fal_flux_mcp.server._images import (
     RESULT_LIMIT_BYTES,
     Preview,
@@ -22,7 +23,6 @@ from fal_flux_mcp.server._images import (
     make_preview,
     make_preview_async,
     preview_budget,
-    save_image,
     sniff_content_type,
 )
 

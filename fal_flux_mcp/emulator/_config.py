@@ -134,6 +134,11 @@ class EmulatorConfig(BaseModel):
     decode, for tests. ``"photo"``: the same with a photograph's texture and grain, which JPEG
     compresses (and decoders decode) like a real FLUX output: what a benchmark should use."""
 
+    render_cache: int = Field(default=32, ge=0)
+    """How many rendered files the emulator keeps, to answer a repeated prompt and seed without
+    drawing it again. Read when the emulator starts. A benchmark that must not measure the emulator's
+    drawing raises it to the number of distinct images it asks for (an ultra photo is about 1.2 MB)."""
+
     # ----------------------------------------------------------------------------------------------
     # Storage
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -100,6 +101,7 @@ class Core:
             max_workers=min(4, os.cpu_count() or 2), thread_name_prefix="fal-flux-mcp-emulator-render"
         )
         self._http = httpx.AsyncClient()
+        self._render = functools.lru_cache(maxsize=self.config.render_cache)(render)
         self._spawn(self._schedule())
 
     def begin_shutdown(self) -> None:
@@ -226,7 +228,15 @@ class Core:
 
         async def encoded(index: int) -> bytes:
             return await loop.run_in_executor(
-                self._executor, render, prompt, job.seed + index, width, height, output_format, job.nsfw, look
+                self._executor,
+                self._render,
+                prompt,
+                job.seed + index,
+                width,
+                height,
+                output_format,
+                job.nsfw,
+                look,
             )
 
         async def stored(key: str, index: int) -> None:

@@ -29,7 +29,6 @@ def content_type(output_format: str) -> str:
     return _FORMATS[output_format][1]
 
 
-@functools.lru_cache(maxsize=32)
 def render(
     prompt: str,
     seed: int,
@@ -39,7 +38,7 @@ def render(
     black: bool = False,
     look: Look = "flat",
 ) -> bytes:
-    """The encoded image for these parameters; cached because agents and tests repeat requests."""
+    """The encoded image for these parameters (the emulator caches it: agents and tests repeat requests)."""
     if black:
         image = Image.new("RGB", (width, height))
     else:

@@ -11,14 +11,13 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 import httpx
 import pydantic
 from httpx_sse import EventSource, SSEError
 
-from fal_flux_mcp._version import __version__
 from fal_flux_mcp.fal._download import Downloader
 from fal_flux_mcp.fal._exceptions import (
     FalError,
@@ -30,6 +29,7 @@ from fal_flux_mcp.fal._exceptions import (
 )
 from fal_flux_mcp.fal._inputs import validate_input
 from fal_flux_mcp.fal._platform import Platform
+from fal_flux_mcp.fal._pool import http_client
 from fal_flux_mcp.fal._responses import json_body
 from fal_flux_mcp.fal._retry import RetryPolicy
 from fal_flux_mcp.fal._storage import HasFileno, MiB, Uploader
@@ -44,7 +44,6 @@ logger = logging.getLogger("fal_flux_mcp.fal")
 Priority = Literal["normal", "low"]
 StatusCallback = Callable[[QueueStatus], Awaitable[None]]
 
-_DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 #: The status stream may stay quiet while a job waits in the queue; after this long it is reopened.
 _STREAM_TIMEOUT = httpx.Timeout(5.0, read=60.0)
 #: Consecutive broken status streams before falling back to polling.
@@ -73,12 +72,12 @@ class FalClient:
     ) -> None:
         self.hosts = FalHosts(base_url)
         self._owns_http = http is None
-        self.http = http or _http_client(max_connections=100, keepalive=20)
+        self.http = http or http_client(max_connections=16, keepalive=16)
         # Status streams stay open for a job's whole life. In a pool of their own they neither take
         # the request pool's slots nor make it drop its idle keep-alive connections (httpcore counts
         # every open connection against max_keepalive_connections), which under load would cost a
         # new connection, and against fal a new TLS handshake, for every request.
-        self._streams = http or _http_client(max_connections=1000, keepalive=10)
+        self._streams = http or http_client(max_connections=1000, keepalive=10, queue=False)
         self._transport = FalTransport(
             self.http, self.hosts, key, retry or RetryPolicy(), streams=self._streams
         )
@@ -381,13 +380,9 @@ class FalClient:
         """Fetch a generated file (no key is sent: fal's file URLs are public), retried like every read."""
         return await self._downloader.fetch(url)
 
-
-def _http_client(*, max_connections: int, keepalive: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=_DEFAULT_TIMEOUT,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keepalive),
-        headers={"User-Agent": f"fal-flux-mcp/{__version__}"},
-    )
+    async def download_to(self, url: str, file: BinaryIO) -> int:
+        """``download`` into ``file`` as the bytes arrive, never holding them all; returns how many."""
+        return await self._downloader.fetch_to(url, file)
 
 
 def _parse_status(body: Any) -> QueueStatus:

@@ -17,7 +17,7 @@ import anyio
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
-from mcp.types import CallToolResult, ImageContent, InputRequiredResult, Resource, TextContent
+from mcp.types import CallToolResult, ImageContent, InputRequiredResult, Resource, TextContent, Tool
 from pydantic import AnyUrl, BaseModel
 
 from fal_flux_mcp._version import __version__
@@ -25,6 +25,7 @@ from fal_flux_mcp.server._arguments import check_arguments
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.server._retention import keep_pruning
 from fal_flux_mcp.server._schemas import image_name, image_uri, job_uri
 from fal_flux_mcp.settings import Settings
 
@@ -63,6 +64,13 @@ class FluxServer(MCPServer[AppState]):
         self.state: AppState | None = None
         #: Each tool's pydantic input model, checked before the SDK sees a call.
         self.argument_models: dict[str, type[BaseModel]] = {}
+        #: Set once the client has listed the tools or called one: the server is in use.
+        self.in_use = anyio.Event()
+
+    async def list_tools(self) -> list[Tool]:
+        tools = await super().list_tools()
+        self.in_use.set()
+        return tools
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
@@ -72,6 +80,7 @@ class FluxServer(MCPServer[AppState]):
         The SDK would drop an unknown argument silently (and the job would be paid for with the
         defaults) and report a bad value in pydantic's words; every tool's call passes here first.
         """
+        self.in_use.set()
         model = self.argument_models.get(name)
         problem = check_arguments(name, model, arguments) if model is not None else None
         if problem is not None:
@@ -166,6 +175,25 @@ def _cut_strings(value: Any) -> Any:
     return value
 
 
+async def _warm_up_when_in_use(server: FluxServer) -> None:
+    """Load the image path once the client is served its tools, so the first result is not slower.
+
+    Started at once, the imports would compete with the answer to the client's first requests.
+    """
+    from fal_flux_mcp.server._warm import warm_up
+
+    await server.in_use.wait()
+    await anyio.sleep(_WARM_UP_AFTER)  # the answer that set ``in_use`` is still being written
+    try:
+        await anyio.to_thread.run_sync(warm_up)
+    except Exception:  # a failed warm-up only means the first job loads these itself
+        logger.exception("warming up the image path failed")
+
+
+#: How long after the first tools/list (or call) the warm-up starts.
+_WARM_UP_AFTER = 0.05
+
+
 def build_server(settings: Settings | None = None) -> FluxServer:
     """The fal-flux-mcp MCP server, configured by ``settings`` (default: from the environment)."""
     from fal_flux_mcp.server._resources import register_resources
@@ -195,6 +223,8 @@ def build_server(settings: Settings | None = None) -> FluxServer:
                 jobs.save_in_background(record)
             for intent in journal.intents():  # submissions whose answer a crash lost
                 jobs.reconcile_in_background(intent)
+            group.start_soon(_warm_up_when_in_use, server)
+            group.start_soon(keep_pruning, settings, journal, jobs.saver.previews_dir)
             try:
                 yield state
             finally:

@@ -1,29 +1,21 @@
-"""Saving generated images where users can find them, and previews small enough for MCP clients.
+"""Image bytes: what type they are, how big they show, and previews small enough for MCP clients.
 
-Two user complaints shape this module. Files must never be overwritten or land somewhere surprising, so
-``save_image`` only writes under an absolute directory, names each file after what it shows, and never
-replaces an existing file, even when two calls race for the same name. And a tool result over 1 MB is
-rejected by clients ("result exceeds maximum length of 1048576"), so previews are JPEGs squeezed to a byte
-budget that ``preview_budget`` derives from that cap.
+A tool result over 1 MB is rejected by clients ("result exceeds maximum length of 1048576"), so
+previews are JPEGs squeezed to a byte budget that ``preview_budget`` derives from that cap.
 
-Decoding and encoding are CPU-bound: async callers use ``make_preview_async`` (and run ``save_image`` in a
-worker thread, e.g. ``anyio.to_thread.run_sync``, since writing megabytes blocks too).
+Previews are the server's main CPU cost, so they are made at the floor: a JPEG is decoded at the
+smallest DCT scale (1/2, 1/4 or 1/8) whose size still covers the preview, then resampled once. A
+2752x1536 ultra image is decoded at 1376x768, a quarter of its pixels. Decoding and encoding are
+CPU-bound: async callers use ``make_preview_async``.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
-import hashlib
 import io
 import math
-import os
-import re
-import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -46,9 +38,6 @@ IMAGE_EXTENSIONS: dict[str, str] = {
 #: MCP clients reject a tool result longer than this many characters.
 RESULT_LIMIT_BYTES = 1_048_576
 
-_SLUG_MAX = 40
-_MODEL_MAX = 40
-_MAX_NAME_ATTEMPTS = 10_000
 _PREVIEW_QUALITIES = (85, 75, 65, 55, 45, 35)
 _PREVIEW_MIN_EDGE = 16
 _EXIF_ORIENTATION = 0x0112
@@ -97,160 +86,19 @@ def sniff_content_type(data: bytes) -> str | None:
     return None
 
 
-def slugify(text: str, max_length: int = _SLUG_MAX) -> str:
-    """A lowercase ASCII ``a-z0-9-`` slug of ``text``, cut at a word boundary; ``""`` if nothing is left.
-
-    Only the POSIX portable file name characters survive, so the name is valid on Windows, macOS and
-    Linux, in zip files and in URLs, and can never contain a path separator or ``..``.
-    """
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    if len(slug) > max_length:
-        cut = slug[:max_length]
-        boundary = cut.rfind("-")
-        slug = cut[:boundary] if boundary >= max_length // 2 else cut
-    return slug.strip("-")
+#: Bytes, or a file open for reading (read from its current position).
+ImageSource = bytes | BinaryIO
 
 
-def model_short_name(endpoint_id: str) -> str:
-    """``fal-ai/flux-pro/v1.1-ultra`` -> ``flux-pro-v1.1-ultra``: the part of the id that names the model."""
-    name = endpoint_id.strip().lower().removeprefix("fal-ai/").replace("/", "-")
-    name = re.sub(r"[^a-z0-9.-]+", "-", name)
-    name = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", name))
-    return name[:_MODEL_MAX].strip("-.") or "model"
-
-
-def image_file_name(
-    *, prompt: str, endpoint_id: str, seed: int | None, index: int, extension: str, created_at: datetime
-) -> str:
-    """``YYYYMMDD-HHMMSS_<prompt>_<model>_<seed>_<index>.<ext>``: sorts by time and says what the file is.
-
-    The timestamp is the user's local time, because that is what they will look for in a file browser.
-    """
-    stamp = created_at.astimezone().strftime("%Y%m%d-%H%M%S")
-    seed_part = "noseed" if seed is None else str(seed)
-    return f"{stamp}_{slugify(prompt) or 'image'}_{model_short_name(endpoint_id)}_{seed_part}_{index}.{extension}"
-
-
-def save_image(
-    data: bytes,
-    *,
-    output_dir: Path,
-    job_id: str,
-    index: int,
-    prompt: str,
-    endpoint_id: str,
-    seed: int | None,
-    content_type: str,
-    created_at: datetime | None = None,
-) -> Path:
-    """Write one generated image under ``output_dir`` without ever replacing an existing file.
-
-    The bytes go to a hidden temporary file in the same directory first and are then hard-linked to the
-    final name, which fails instead of clobbering if the name is taken (then ``-1``, ``-2``, ... is tried).
-    A reader therefore never sees a half-written image under its final name, and two concurrent saves of
-    the same name both survive. Saving is idempotent per image: a file of that name that already holds
-    exactly these bytes (the same image, saved before a crash kept the journal from recording it) is
-    reused, not copied again. Where hard links are unsupported (FAT, some network shares) the name is
-    reserved with an exclusive create and the temporary file is renamed over that reservation.
-
-    ``index`` is written as given (the caller's numbering of the job's images). ``created_at`` (default:
-    now) lets all images of one job share a timestamp. The extension follows the bytes when they are a
-    recognisable image, else ``content_type``. ``job_id`` is not part of the name (fal's request ids are long
-    and say nothing to a person); it only appears in errors. Returns the absolute path written.
-    """
-    if not data:
-        raise ValueError(f"job {job_id}: image {index} is empty; nothing to save")
-    if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
-    directory = output_dir.expanduser()
-    if not directory.is_absolute():
-        raise ValueError(
-            f"the output directory {str(output_dir)!r} is relative; it would resolve against the server's "
-            "working directory (often / or an app folder when a desktop client starts it). Set "
-            "FLUX_MCP_OUTPUT_DIR to an absolute path."
-        )
-    directory.mkdir(parents=True, exist_ok=True)
-    name = image_file_name(
-        prompt=prompt,
-        endpoint_id=endpoint_id,
-        seed=seed,
-        index=index,
-        extension=_extension_for(data, content_type),
-        created_at=created_at or datetime.now(UTC),
-    )
-    stem, _, extension = name.rpartition(".")
-    # One temporary name per (job, image): a save cut short by a crash leaves a file that the next save
-    # of the same image replaces, instead of one more hidden file for good.
-    token = hashlib.sha256(f"{job_id}\0{index}".encode()).hexdigest()[:16]
-    temporary = directory / f".{stem[:60]}.{token}.part"
-    try:
-        temporary.unlink(missing_ok=True)
-        _write_new_file(temporary, data)
-        for attempt in range(_MAX_NAME_ATTEMPTS):
-            target = directory / (f"{stem}.{extension}" if attempt == 0 else f"{stem}-{attempt}.{extension}")
-            try:
-                _publish_without_clobbering(temporary, target)
-            except FileExistsError:
-                if _holds(target, data):  # this very image, saved before a crash: reuse it
-                    return target.absolute()
-                continue
-            return target.absolute()
-        raise FileExistsError(
-            errno.EEXIST, f"job {job_id}: {_MAX_NAME_ATTEMPTS} files named {stem}-N.{extension} already exist"
-        )
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _holds(path: Path, data: bytes) -> bool:
-    """Whether the file at ``path`` holds exactly ``data`` (read only when the sizes match)."""
-    try:
-        return path.stat().st_size == len(data) and path.read_bytes() == data
-    except OSError:
-        return False
-
-
-def _extension_for(data: bytes, content_type: str) -> str:
-    declared = content_type.split(";", 1)[0].strip().lower()
-    if declared == "image/jpg":
-        declared = "image/jpeg"
-    return IMAGE_EXTENSIONS.get(sniff_content_type(data) or declared, "bin")
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    # os.open with mode 0o666 lets the user's umask decide permissions, as for any file they create.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def _publish_without_clobbering(temporary: Path, target: Path) -> None:
-    try:
-        os.link(temporary, target)
-        return
-    except FileExistsError:
-        raise
-    except (OSError, NotImplementedError, AttributeError):
-        pass  # no hard links here; fall back to reserving the name
-    reservation = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # FileExistsError if taken
-    os.close(reservation)
-    try:
-        os.replace(temporary, target)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-
-
-def _open_image(data: bytes) -> Image.Image:
+def _open_image(source: ImageSource) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(file)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"not an image Pillow can read ({len(data)} bytes): {exc}") from exc
+        what = f"{len(source)} bytes" if isinstance(source, bytes) else "the file"
+        raise ValueError(f"not an image Pillow can read ({what}): {exc}") from exc
 
 
 def _orientation(image: Image.Image) -> int:
@@ -261,7 +109,7 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
-def image_dimensions(data: bytes) -> tuple[int, int, str]:
+def image_dimensions(source: ImageSource) -> tuple[int, int, str]:
     """``(width, height, content_type)`` as displayed, from the header only, for when fal omits them.
 
     Pillow opens lazily, so this reads the header rather than decoding megapixels. EXIF rotation by 90°
@@ -269,16 +117,18 @@ def image_dimensions(data: bytes) -> tuple[int, int, str]:
     """
     from PIL import Image
 
-    with _open_image(data) as image:
+    with _open_image(source) as image:
         width, height = image.size
         if _orientation(image) in (5, 6, 7, 8):
             width, height = height, width
-        content_type = Image.MIME.get(image.format or "") or sniff_content_type(data)
+        content_type = Image.MIME.get(image.format or "")
+    if content_type is None and isinstance(source, bytes):
+        content_type = sniff_content_type(source)
     return width, height, content_type or "application/octet-stream"
 
 
-def make_preview(data: bytes, *, max_edge: int = 1024, max_bytes: int) -> Preview:
-    """A JPEG of ``data`` no larger than ``max_edge`` pixels on its longest side and ``max_bytes`` bytes.
+def make_preview(source: ImageSource, *, max_edge: int = 1024, max_bytes: int) -> Preview:
+    """A JPEG of ``source`` no larger than ``max_edge`` pixels on its longest side and ``max_bytes`` bytes.
 
     JPEG because it is the smallest widely displayed format for photographic output. Transparency is
     flattened onto white (JPEG has none, and black would hide dark subjects), EXIF rotation is applied,
@@ -293,7 +143,7 @@ def make_preview(data: bytes, *, max_edge: int = 1024, max_bytes: int) -> Previe
     from PIL import Image
 
     try:
-        with _open_image(data) as image:
+        with _open_image(source) as image:
             orientation = _orientation(image)
             rgb = _downscaled_rgb(image, max_edge)
     except (OSError, Image.DecompressionBombError) as exc:  # truncated or corrupt pixel data
@@ -312,25 +162,41 @@ def make_preview(data: bytes, *, max_edge: int = 1024, max_bytes: int) -> Previe
         # JPEG size scales roughly with pixel count, so shrink each edge by sqrt(budget / size).
         scale = min(0.9, max(0.5, 0.95 * math.sqrt(max_bytes / len(encoded))))
         size = (max(1, round(current.width * scale)), max(1, round(current.height * scale)))
-        current = rgb.resize(size, Image.Resampling.LANCZOS)
+        current = rgb.resize(size, Image.Resampling.BOX)
 
 
 async def make_preview_async(
-    data: bytes, *, max_edge: int = 1024, max_bytes: int, limiter: anyio.CapacityLimiter | None = None
+    source: ImageSource, *, max_edge: int = 1024, max_bytes: int, limiter: anyio.CapacityLimiter | None = None
 ) -> Preview:
     """``make_preview`` in a worker thread, so decoding megapixels does not stall the event loop.
 
-    Pass a ``limiter`` of about one slot per core: 50 previews at once then use hundreds of MB less
-    and finish no later than with a thread each.
+    Pass a ``limiter`` of about one slot per core: more previews at once than cores only add memory
+    (each holds a decoded image) and finish no sooner.
     """
     return await anyio.to_thread.run_sync(
-        functools.partial(make_preview, data, max_edge=max_edge, max_bytes=max_bytes), limiter=limiter
+        functools.partial(make_preview, source, max_edge=max_edge, max_bytes=max_bytes), limiter=limiter
     )
 
 
+def preview_size(width: int, height: int, max_edge: int) -> tuple[int, int]:
+    """The size of the preview of a ``width`` x ``height`` image: the same shape, never upscaled."""
+    scale = min(1.0, max_edge / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _downscaled_rgb(image: Image.Image, max_edge: int) -> Image.Image:
+    """The image at its preview size, in RGB, decoded and resampled as little as possible.
+
+    ``draft`` asks libjpeg for the smallest DCT scale that still covers the preview's exact size (not
+    a ``max_edge`` square, which for a wide image would rule out every reduced scale). The one resample
+    after it is a BOX (area-average) filter: for reductions under 2x it looks like BICUBIC at a preview
+    size and costs a third of the time.
+    """
     from PIL import Image
 
+    target = preview_size(*image.size, max_edge)
+    if image.format == "JPEG" and target != image.size:
+        image.draft("RGB", target)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     work = image
     if image.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -338,9 +204,8 @@ def _downscaled_rgb(image: Image.Image, max_edge: int) -> Image.Image:
         work = image.convert("RGBA" if has_alpha else "RGB")
     elif has_alpha and image.mode in ("RGB", "L"):
         work = image.convert("RGBA")
-    # thumbnail() never upscales, keeps the aspect ratio, and lets JPEG decode at a reduced scale.
-    # BICUBIC after a 1/2-scale JPEG decode looks as good as LANCZOS at a preview size, for 70% of the time.
-    work.thumbnail((max_edge, max_edge), Image.Resampling.BICUBIC, reducing_gap=1.0)
+    if work.size != target:
+        work = work.resize(target, Image.Resampling.BOX)
     if work.mode in ("RGBA", "LA"):
         flattened = Image.new("RGB", work.size, (255, 255, 255))
         rgba = work.convert("RGBA")

@@ -8,7 +8,11 @@ Only what is needed to find and describe a job is stored (``_records``): fal's U
 (the user's own input), the money, and the outcome.
 
 One SQLite connection is shared behind a lock, so the journal can be used from the event loop and from
-worker threads alike; calls take well under a millisecond with WAL, so async code may call them directly.
+worker threads alike. Writes that record money or a job's existence (intents, new jobs) are synced to
+disk before they return, so they survive a power cut; the rest (status changes, results) survive a
+killed process but are not synced one by one: losing the last of them to a power cut only means the job
+is followed and saved again at the next start. That keeps every call well under a millisecond, so
+async code may call them directly.
 WAL and a busy timeout also let two fal-flux-mcp processes (e.g. two clients on one machine) share the file.
 """
 
@@ -16,7 +20,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: A check run inside a write transaction; a reason to refuse, or None.
 Check = Callable[[sqlite3.Connection], "str | None"]
@@ -92,6 +97,23 @@ _SCHEMA: tuple[str, ...] = (
 )
 
 
+_SPEND_TABLE = """CREATE TABLE spend (
+    bucket       TEXT NOT NULL,
+    endpoint_id  TEXT NOT NULL,
+    charge       TEXT NOT NULL,
+    cost_usd     REAL NOT NULL,
+    jobs         INTEGER NOT NULL,
+    PRIMARY KEY (bucket, endpoint_id, charge)
+)"""
+#: A job's ``created_at`` cut down to its quarter hour, in the same ISO form: every time zone's day
+#: starts on a quarter hour, so the ledger's local days and months still add up from these buckets.
+_BUCKET_SQL = (
+    "substr(created_at, 1, 14) || printf('%02d', CAST(substr(created_at, 15, 2) AS INTEGER) / 15 * 15) "
+    "|| ':00.000000+00:00'"
+)
+_PRUNABLE_SQL = "status IN ('completed', 'failed', 'cancelled') AND NOT pending_save AND created_at < ?"
+
+
 class JournalError(Exception):
     """The journal file cannot be used (e.g. written by a newer fal-flux-mcp)."""
 
@@ -107,8 +129,9 @@ class Journal:
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed intent or job survives a power cut too, not only a killed process.
-            self._db.execute("PRAGMA synchronous=FULL")
+            # NORMAL, in WAL mode: a commit survives the process being killed, without an fsync each.
+            # Writes that must also survive a power cut switch to FULL (``_synced``).
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except BaseException:
             self._db.close()
@@ -150,7 +173,9 @@ class Journal:
                 if version < 4:  # the ledger: what each job reserved, then cost, and who allowed it
                     for statement in _LEDGER_MIGRATION:
                         self._db.execute(statement)
-                # Further migrations: `if version < 5: ...` here.
+                if version < 5:  # retention: what pruned jobs spent, by quarter hour, for the ledger
+                    self._db.execute(_SPEND_TABLE)
+                # Further migrations: `if version < 6: ...` here.
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -170,6 +195,15 @@ class Journal:
     ) -> None:
         self.close()
 
+    @contextmanager
+    def _synced(self) -> Iterator[None]:
+        """Make the commits inside (called with the lock held) durable through a power cut too."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
     def add(self, record: JobRecord) -> bool:
         """Store a newly submitted job; False (and nothing changed) if the job id is already stored.
 
@@ -177,7 +211,7 @@ class Journal:
         """
         row = to_row(record)
         placeholders = ", ".join("?" for _ in COLUMNS)
-        with self._lock:
+        with self._lock, self._synced():
             cursor = self._db.execute(
                 f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
                 "ON CONFLICT (job_id) DO NOTHING",
@@ -193,7 +227,7 @@ class Journal:
         recorded and the reason is returned.
         """
         row = intent_row(intent)
-        with self._lock:
+        with self._lock, self._synced():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 refusal = check(self._db) if check is not None else None
@@ -217,10 +251,13 @@ class Journal:
     def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
         """The intent became ``record``: store the job and drop the intent in one transaction.
 
+        Not synced to disk one by one: should a power cut undo it, the intent is back, and is looked
+        up in fal's request history at the next start like any other whose answer was lost.
+
         False (and nothing changed) if the job is already stored, e.g. found twice by reconciliation.
         """
         row = to_row(record)
-        with self._lock:
+        with self._lock:  # not synced: the intent it replaces was, and finds the job again
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 added = self._db.execute(
@@ -237,12 +274,12 @@ class Journal:
 
     def drop_intent(self, intent_id: str) -> None:
         """Forget an intent: fal surely has no job for it (refused, never sent, not in its history)."""
-        with self._lock:
+        with self._lock, self._synced():
             self._db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
     def update_intent(self, intent_id: str, *, state: IntentState, note: str | None) -> None:
         """Record what reconciliation found so far."""
-        with self._lock:
+        with self._lock, self._synced():
             self._db.execute(
                 "UPDATE intents SET state = ?, note = ? WHERE intent_id = ?", (state, note, intent_id)
             )
@@ -302,6 +339,30 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
         return updated
+
+    def prune(self, before: str) -> int:
+        """Forget finished jobs created before ``before`` (ISO, UTC); returns how many.
+
+        What they cost is added to the ``spend`` table first, in the same transaction, so budgets and
+        spend reports still count it. Unfinished jobs and images still to save are never pruned.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    f"INSERT INTO spend (bucket, endpoint_id, charge, cost_usd, jobs) "
+                    f"SELECT {_BUCKET_SQL}, endpoint_id, charge, COALESCE(SUM(cost_usd), 0), COUNT(*) "
+                    f"FROM jobs WHERE {_PRUNABLE_SQL} GROUP BY 1, 2, 3 "
+                    "ON CONFLICT (bucket, endpoint_id, charge) DO UPDATE SET "
+                    "cost_usd = cost_usd + excluded.cost_usd, jobs = jobs + excluded.jobs",
+                    (before,),
+                )
+                pruned = self._db.execute(f"DELETE FROM jobs WHERE {_PRUNABLE_SQL}", (before,)).rowcount
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return pruned
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
         """The ``limit`` most recently submitted jobs, newest first."""

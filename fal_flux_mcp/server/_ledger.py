@@ -22,7 +22,8 @@ from fal_flux_mcp.settings import Settings
 _SPENT_SQL = (
     "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM jobs WHERE charge != 'released' "
     "AND created_at >= ? AND created_at < ?) + "
-    "(SELECT COALESCE(SUM(cost_usd), 0) FROM intents WHERE created_at >= ? AND created_at < ?)"
+    "(SELECT COALESCE(SUM(cost_usd), 0) FROM intents WHERE created_at >= ? AND created_at < ?) + "
+    "(SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE charge != 'released' AND bucket >= ? AND bucket < ?)"
 )
 
 
@@ -34,10 +35,11 @@ class Period:
     start: datetime
     end: datetime
 
-    def bounds(self) -> tuple[str, str, str, str]:
+    def bounds(self) -> tuple[str, str, str, str, str, str]:
+        """The start and end for each of the three tables spend is read from (jobs, intents, spend)."""
         start = self.start.astimezone(UTC).isoformat(timespec="microseconds")
         end = self.end.astimezone(UTC).isoformat(timespec="microseconds")
-        return start, end, start, end
+        return start, end, start, end, start, end
 
 
 def today_and_this_month(now: datetime | None = None) -> tuple[Period, Period]:
@@ -183,6 +185,16 @@ class Ledger:
             "GROUP BY endpoint_id, charge",
             (start, end),
         ):
+            usd_ = float(row["usd"] or 0)
+            by_charge[row["charge"]] = by_charge.get(row["charge"], 0.0) + usd_
+            if row["charge"] != "released":
+                by_model[row["endpoint_id"]] = by_model.get(row["endpoint_id"], 0.0) + usd_
+        pruned = self.journal.read(  # jobs past FLUX_MCP_KEEP_DAYS, kept as sums
+            "SELECT endpoint_id, charge, SUM(cost_usd) AS usd FROM spend WHERE bucket >= ? AND bucket < ? "
+            "GROUP BY endpoint_id, charge",
+            (start, end),
+        )
+        for row in pruned:
             usd_ = float(row["usd"] or 0)
             by_charge[row["charge"]] = by_charge.get(row["charge"], 0.0) + usd_
             if row["charge"] != "released":

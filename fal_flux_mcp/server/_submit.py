@@ -7,9 +7,12 @@ answer is looked up in fal's request history, never sent again.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from typing import TYPE_CHECKING
+
+import anyio
 
 from fal_flux_mcp.fal import FalError, SubmissionStateUnknownError
 from fal_flux_mcp.server._errors import JobError, SpendRefused, reason_of
@@ -55,8 +58,12 @@ async def submit(
         price_source=quote.source,
         approval=approval or "within the limits",
     )
+    # The journal syncs these two writes to disk: in a worker thread, the wait does not hold up the
+    # other calls in flight (two hundred submissions at once would otherwise queue behind each fsync).
     try:
-        refusal = jobs.ledger.reserve(intent, approved=approved)
+        refusal = await anyio.to_thread.run_sync(
+            functools.partial(jobs.ledger.reserve, intent, approved=approved)
+        )
     except Exception as exc:  # nothing was sent: better no job than one nobody could find again
         logger.exception("could not journal a submission")
         raise JobError(
@@ -101,7 +108,7 @@ async def submit(
         approval=intent.approval,
     )
     try:
-        jobs.journal.fulfil_intent(intent.intent_id, record)
+        await anyio.to_thread.run_sync(jobs.journal.fulfil_intent, intent.intent_id, record)
     except Exception as exc:
         logger.exception("could not journal job %s", record.job_id)
         raise JobError(

@@ -1,0 +1,53 @@
+"""What the benchmarks read off the server processes they start: which process, its CPU, its memory.
+
+Linux only (``/proc``). The benchmark itself is the parent of every server it starts through the MCP
+stdio client, so a server is found among this process's direct children.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children() -> list[int]:
+    """The pids of this process's direct children."""
+    me = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def only_child() -> int:
+    """The one server this benchmark runs now."""
+    pids = children()
+    if len(pids) != 1:
+        raise RuntimeError(f"expected one server process, found {pids}")
+    return pids[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def memory_kib(pid: int, field: str = "VmHWM") -> int:
+    """``VmHWM`` (peak resident memory) or ``VmRSS`` (resident now), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
