@@ -323,7 +323,12 @@ class JobService:
             or any(None in size for size in sizes)
         ):
             return record.cost_usd
-        return self.prices.final(MODELS[record.endpoint_id], record.unit_price, sizes)  # type: ignore[arg-type]
+        return self.prices.final(
+            MODELS[record.endpoint_id],
+            record.unit_price,
+            sizes,  # type: ignore[arg-type]
+            record.input_megapixels,
+        )
 
     def _lock(self, job_id: str) -> anyio.Lock:
         return self._locks.setdefault(job_id, anyio.Lock())

@@ -24,6 +24,17 @@ ModelId: TypeAlias = Literal[
     "fal-ai/flux-pro/v1.1/redux",
     "fal-ai/flux-pro/v1/redux",
     "fal-ai/flux-pro/kontext",
+    "fal-ai/flux-pro/kontext/max",
+    "fal-ai/flux-pro/kontext/multi",
+    "fal-ai/flux-pro/kontext/max/multi",
+    "fal-ai/flux-pro/v1/fill",
+    "fal-ai/flux-pro/v1.1-ultra-finetuned",
+    "fal-ai/flux-2-pro",
+    "fal-ai/flux-2-pro/edit",
+    "fal-ai/flux-2-flex",
+    "fal-ai/flux-2-flex/edit",
+    "fal-ai/flux-2-max/edit",
+    "fal-ai/flux-2/flash",
     "fal-ai/flux/dev",
     "fal-ai/flux/schnell",
 ]
@@ -315,7 +326,10 @@ class ModelSummary(BaseModel):
     description: str = Field(description="What it is good for.")
     parameters: list[str] = Field(description="The generate_image / submit_job arguments it takes.")
     requires_image: bool = Field(description="Whether image_url is required.")
-    price_usd: float = Field(description="List price per unit.")
+    price_usd: float | None = Field(
+        description="Price per unit (the first megapixel's, for models priced by tiers); null: fal "
+        "publishes none and its pricing API did not give one."
+    )
     price_unit: str = Field(description="'image' or 'megapixel' (rounded up per image).")
     price_source: str = Field(description="fal pricing API (this account's price) or built-in price list.")
     typical_seconds: float = Field(description="Typical generation time.")

@@ -54,6 +54,7 @@ async def submit(
         unit_price=quote.unit_price,
         price_source=quote.source,
         approval=approval or "within the limits",
+        input_megapixels=quote.input_megapixels,
     )
     try:
         refusal = jobs.ledger.reserve(intent, approved=approved)
@@ -99,6 +100,7 @@ async def submit(
         unit_price=intent.unit_price,
         price_source=intent.price_source,
         approval=intent.approval,
+        input_megapixels=intent.input_megapixels,
     )
     try:
         jobs.journal.fulfil_intent(intent.intent_id, record)
