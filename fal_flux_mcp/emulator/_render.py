@@ -15,7 +15,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 
-_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
+_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 
 
 def content_type(output_format: str) -> str:
@@ -32,7 +32,7 @@ def render(prompt: str, seed: int, width: int, height: int, output_format: str, 
     if pil_format == "PNG":
         image.save(buffer, "PNG", compress_level=1)
     else:
-        image.save(buffer, "JPEG", quality=90)
+        image.save(buffer, pil_format, quality=90)
     return buffer.getvalue()
 
 
