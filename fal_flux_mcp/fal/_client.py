@@ -381,6 +381,10 @@ class FalClient:
         """Fetch a generated file (no key is sent: fal's file URLs are public), retried like every read."""
         return await self._downloader.fetch(url)
 
+    async def url_answers(self, url: str) -> bool | None:
+        """Whether a file URL still serves its file (None: cannot be told right now)."""
+        return await self._downloader.answers(url)
+
 
 def _http_client(*, max_connections: int, keepalive: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(

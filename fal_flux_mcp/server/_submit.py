@@ -39,8 +39,9 @@ async def submit(
     lost, the intent is looked up in fal's request history (``_reconcile``) rather than sent
     again: a second submit could be a second payment.
     """
-    model, fal_input = await jobs.inputs.prepare(params, allowed_dirs)
-    quote = await jobs.prices.quote(model, fal_input)
+    prepared = await jobs.inputs.prepare(params, allowed_dirs)
+    model, fal_input = prepared.model, prepared.fal_input
+    quote = await jobs.prices.quote(model, fal_input, prepared.input_sizes)
     approved = approval == "approved by the user"
     if not approved and (reason := jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)):
         raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
