@@ -10,6 +10,7 @@ can change. The model cannot approve: ``max_cost_usd`` only lowers the limit for
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from fal_flux_mcp.models import output_size
 from fal_flux_mcp.server._editing import choose_editor
 from fal_flux_mcp.server._errors import JobError, SpendRefused
 from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import GenerationParams
 
 logger = logging.getLogger("fal_flux_mcp.server")
@@ -99,12 +101,13 @@ async def edit_spend_approval(
 async def _assess(
     ctx: Context[Any, Any], arguments: dict[str, Any], max_cost_usd: float | None
 ) -> Assessment | Elicit[SpendApproval]:
-    """Price ``arguments`` (input images taken at their largest, as they are not read yet, so the
-    figure is never below the call's) and ask the user when that is over a limit."""
+    """Price ``arguments`` (reading the input images' sizes where the price follows them) and ask
+    the user when that is over a limit."""
     state = ctx.request_context.lifespan_context
     try:
         params = GenerationParams.model_validate({"prompt": "-", **arguments})
-        info, fal_input, input_sizes = state.jobs.inputs.estimate_inputs(params)
+        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state))
+        info, fal_input, input_sizes = priced.model, priced.fal_input, priced.input_sizes
         quote = await state.jobs.prices.quote(info, fal_input, input_sizes)
     except (JobError, ValidationError):
         return Assessment("unpriced")  # the tool itself refuses it, in its own words

@@ -26,11 +26,8 @@ if TYPE_CHECKING:
 #: The folders local input images may come from; asked for only when an input is a local path (asking
 #: may mean a round trip to the MCP client for its roots).
 AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
-#: What an input image not located yet stands for when a call is only checked and priced: a URL fal
-#: would accept, and the largest size an input is taken to have, so that such an estimate is never
-#: below what the call will cost.
+#: What an input image not located yet stands for when a call is only checked: a URL fal would accept.
 _STAND_IN_URL = "https://example.invalid/input.png"
-_STAND_IN_SIZE = (2048, 2048)
 _IMAGE_FIELDS = ("image_urls", "image_url", "mask_url")
 
 
@@ -40,9 +37,11 @@ async def no_dirs() -> Sequence[Path]:
 
 
 def tool_fields_for(model: ModelInfo) -> list[str]:
-    """The generation arguments a model takes, by the tools' names (aspect_ratio works for every model,
-    and a model taking a list of images takes a single ``image_url`` too)."""
-    taken = set(model.parameters) | {"model", "aspect_ratio", "max_cost_usd"}
+    """The generation arguments a model takes, by the tools' names (aspect_ratio works for every model
+    sized by aspect ratio or image_size, and a model taking a list of images takes one ``image_url`` too)."""
+    taken = set(model.parameters) | {"model", "max_cost_usd"}
+    if "image_size" in taken:
+        taken.add("aspect_ratio")
     if model.takes_several_images:
         taken.add("image_url")
     return [name for name in GenerationParams.model_fields if name in taken]
@@ -111,26 +110,39 @@ class InputBuilder:
         """Validate everything and resolve the input images: after this, submitting cannot be refused."""
         model, fields = self.build(params)
         self.checked(params)  # every other field first: a bad value must cost neither money nor time
-        measure = _sizes_matter(model, fields)
         with Sources(self.settings, self._fal, self._find_image, allowed_dirs) as sources:
-            located: dict[str, list[Source]] = {}
-            for name in _IMAGE_FIELDS:
-                if name not in fields:
-                    continue
-                values = fields[name] if name == "image_urls" else [fields[name]]
-                located[name] = [
-                    await sources.locate(_label(name, index), value, measure=measure)
-                    for index, value in enumerate(values)
-                ]
-            if "mask_url" in located and "image_url" in located:
-                check_mask(located["image_url"][0], located["mask_url"][0])
+            located = await self._locate(sources, fields, measure=_sizes_matter(model, fields))
             for name, found in located.items():
                 urls = [await sources.url_for(source) for source in found]
                 fields[name] = urls if name == "image_urls" else urls[0]
-        order = [*located.get("image_urls", []), *located.get("image_url", []), *located.get("mask_url", [])]
-        sizes = [source.size for source in order]
-        known = [size for size in sizes if size is not None] if None not in sizes else []
-        return Prepared(model, self._validate(model, fields), known)
+        return Prepared(model, self._validate(model, fields), _sizes(located))
+
+    async def priced(self, params: GenerationParams, allowed_dirs: AllowedDirs) -> Prepared:
+        """``checked``, with the input images' sizes where they change the price or the output: read
+        (never uploaded) to price a call before the user is asked about it."""
+        model, fal_input = self.checked(params)
+        _, fields = self.build(params)
+        if not _sizes_matter(model, fields):
+            return Prepared(model, fal_input, [])
+        with Sources(self.settings, self._fal, self._find_image, allowed_dirs) as sources:
+            located = await self._locate(sources, fields, measure=True)
+        return Prepared(model, fal_input, _sizes(located))
+
+    @staticmethod
+    async def _locate(sources: Sources, fields: dict[str, Any], *, measure: bool) -> dict[str, list[Source]]:
+        """Every input image located (and measured as asked), a mask checked against its image."""
+        located: dict[str, list[Source]] = {}
+        for name in _IMAGE_FIELDS:
+            if name not in fields:
+                continue
+            values = fields[name] if name == "image_urls" else [fields[name]]
+            located[name] = [
+                await sources.locate(_label(name, index), value, measure=measure)
+                for index, value in enumerate(values)
+            ]
+        if "mask_url" in located and "image_url" in located:
+            check_mask(located["image_url"][0], located["mask_url"][0])
+        return located
 
     def checked(self, params: GenerationParams) -> tuple[ModelInfo, FalInput]:
         """The model and fal input for ``params``, with stand-ins for input images not located yet.
@@ -139,15 +151,6 @@ class InputBuilder:
         """
         model, fields = self._stand_ins(params)
         return model, self._validate(model, fields)
-
-    def estimate_inputs(self, params: GenerationParams) -> tuple[ModelInfo, FalInput, list[tuple[int, int]]]:
-        """``checked``, with each input image taken at the largest size an input is assumed to have:
-        a price from these is never below the call's, for asking the user before anything is read."""
-        model, fields = self._stand_ins(params)
-        count = len(fields.get("image_urls", [])) + sum(
-            1 for name in ("image_url", "mask_url") if name in fields
-        )
-        return model, self._validate(model, fields), [_STAND_IN_SIZE] * count
 
     def _stand_ins(self, params: GenerationParams) -> tuple[ModelInfo, dict[str, Any]]:
         model, fields = self.build(params)
@@ -193,6 +196,13 @@ def _sizes_matter(model: ModelInfo, fields: dict[str, Any]) -> bool:
             and model.requires_image
         )
     )
+
+
+def _sizes(located: dict[str, list[Source]]) -> list[tuple[int, int]]:
+    """The input images' sizes in ``input_image_urls`` order; none if any is unknown."""
+    order = [*located.get("image_urls", []), *located.get("image_url", []), *located.get("mask_url", [])]
+    sizes = [source.size for source in order]
+    return [] if None in sizes else sizes  # type: ignore[misc]
 
 
 def _label(name: str, index: int) -> str:

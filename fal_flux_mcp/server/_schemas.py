@@ -91,7 +91,7 @@ class GenerationParams(BaseModel):
         "gives prices and parameters.",
     )
     aspect_ratio: AspectRatio | None = optional(
-        "Aspect ratio; works with every model (turned into an image_size where the model needs one)."
+        "Aspect ratio; works with every model but Fill (turned into an image_size where the model needs one)."
     )
     image_size: EditImageSizePreset | None = optional(
         "Size preset, only for models that take image_size (v1.1, the v1.x redux models, dev, schnell, "

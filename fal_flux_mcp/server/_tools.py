@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -34,9 +32,9 @@ from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._catalog import ModelList, model_list
 from fal_flux_mcp.server._editing import EditorChoice, EditParams, as_generation, choose_editor
 from fal_flux_mcp.server._errors import JobError
-from fal_flux_mcp.server._file_uris import roots_to_dirs
 from fal_flux_mcp.server._flat import flat_arguments
 from fal_flux_mcp.server._replies import Progress, job_result
+from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import (
     CancelParams,
     CancelResultOut,
@@ -102,22 +100,6 @@ def _with_choice(result: JobResult, choice: EditorChoice | None) -> JobResult:
 
 def _state(ctx: Context[AppState]) -> AppState:
     return ctx.request_context.lifespan_context
-
-
-async def _allowed_dirs(ctx: Context[AppState], state: AppState) -> list[Path]:
-    """``FLUX_MCP_ALLOWED_DIRS`` plus the roots the client shares (on connections that can ask for them)."""
-    dirs = list(state.settings.allowed_dirs)
-    capabilities = ctx.client_capabilities
-    if capabilities is None or capabilities.roots is None:
-        return dirs
-    try:
-        with anyio.move_on_after(5), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            roots = await ctx.session.list_roots()
-            dirs.extend(roots_to_dirs(str(root.uri) for root in roots.roots))
-    except Exception as exc:  # no back channel (modern era), or the client failed: use the env list
-        logger.debug("could not list the client's roots: %s", exc)
-    return dirs
 
 
 def _tool(
@@ -190,7 +172,7 @@ def register_tools(server: FluxServer) -> None:
             record = await submit(
                 state.jobs,
                 params,
-                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 approval=approval_of(approval),
             )
         await progress.say(f"Submitted job {record.job_id} to {record.endpoint_id}")
@@ -233,7 +215,7 @@ def register_tools(server: FluxServer) -> None:
             record = await submit(
                 state.jobs,
                 params,
-                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 webhook_url=params.webhook_url,
                 approval=approval_of(approval),
             )
@@ -311,7 +293,7 @@ def register_tools(server: FluxServer) -> None:
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
-                dirs = await _allowed_dirs(ctx, state)
+                dirs = await allowed_dirs(ctx, state)
                 hard_links = state.settings.allow_hard_links
                 with await open_local_image(params.path, dirs, limit, allow_hard_links=hard_links) as local:
                     url = await state.jobs.fal.upload_from_file(
