@@ -252,14 +252,21 @@ async def test_edit_image_picks_the_editor_for_the_inputs_and_says_which(
     )  # right half: untouched
 
 
+async def a_generated_image(client: Client) -> dict[str, Any]:
+    """A first result to edit: a schnell image, saved ($0.003)."""
+    first = await client.call_tool(
+        "generate_image", {"prompt": "a lighthouse", "model": "fal-ai/flux/schnell"}
+    )
+    assert not first.is_error, text_of(first)
+    image: dict[str, Any] = first.structured_content["images"][0]
+    return image
+
+
 async def test_a_previous_result_is_edited_by_its_flux_uri_through_its_fal_url(
     settings: Settings, emu: Emulator
 ) -> None:
     async with Client(build_server(settings)) as client:
-        first = await client.call_tool(
-            "generate_image", {"prompt": "a lighthouse", "model": "fal-ai/flux/schnell"}
-        )
-        image = first.structured_content["images"][0]
+        image = await a_generated_image(client)
         uploads = emu.counters["upload"]
         edited = await client.call_tool(
             "edit_image", {"prompt": "make it brighter", "image_url": image["resource_uri"]}
@@ -275,10 +282,7 @@ async def test_a_previous_result_whose_fal_url_is_gone_is_uploaded_again_from_it
     settings: Settings, emu: Emulator
 ) -> None:
     async with Client(build_server(settings)) as client:
-        first = await client.call_tool(
-            "generate_image", {"prompt": "a lighthouse", "model": "fal-ai/flux/schnell"}
-        )
-        image = first.structured_content["images"][0]
+        image = await a_generated_image(client)
         emu.expire_file(image["url"])  # fal's CDN no longer keeps it
         edited = await client.call_tool(
             "edit_image",
@@ -306,10 +310,7 @@ async def test_a_gone_result_without_its_saved_file_is_refused_before_anything_i
     settings: Settings, emu: Emulator
 ) -> None:
     async with Client(build_server(settings)) as client:
-        first = await client.call_tool(
-            "generate_image", {"prompt": "a lighthouse", "model": "fal-ai/flux/schnell"}
-        )
-        image = first.structured_content["images"][0]
+        image = await a_generated_image(client)
         emu.expire_file(image["url"])
         Path(image["path"]).unlink()
         edited = await client.call_tool(
