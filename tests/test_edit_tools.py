@@ -428,3 +428,32 @@ async def test_an_edit_over_the_limit_is_asked_about_at_its_price_with_its_input
     assert "$0.045" in question and "640x480" in question and "FLUX.2 [pro] edit" in question
     assert result.structured_content["cost_usd"] == pytest.approx(0.045)
     assert result.structured_content["approval"] == "approved by the user"
+
+
+async def test_a_slow_edit_hands_back_its_job_id_and_check_status_delivers_the_edit(
+    settings: Settings, emulator: Emulator, folder: Path
+) -> None:
+    emulator.config.job_seconds = 1.0
+    settings.wait_seconds = 0.3
+    progress: list[str] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    async with Client(build_server(settings)) as client:
+        first = await client.call_tool(
+            "edit_image",
+            {"prompt": "make it brighter", "image_url": str(folder / "red.png")},
+            progress_callback=on_progress,
+        )
+        handed = first.structured_content
+        assert handed["status"] in ("queued", "in_progress") and "check_status" in handed["message"]
+        assert "fal-ai/flux-pro/kontext" in handed["model_choice"]
+        done = await client.call_tool("check_status", {"job_id": handed["job_id"], "wait_seconds": 0.3})
+        for _ in range(20):
+            if done.structured_content["status"] == "completed":
+                break
+            done = await client.call_tool("check_status", {"job_id": handed["job_id"], "wait_seconds": 0.3})
+    assert any(message.startswith("Submitted") for message in progress)
+    assert done.structured_content["status"] == "completed"
+    assert Path(done.structured_content["images"][0]["path"]).is_file()
