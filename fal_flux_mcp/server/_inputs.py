@@ -7,7 +7,7 @@ are located and measured before any is uploaded, so that a mask of the wrong siz
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,15 +17,12 @@ from fal_flux_mcp.models import FalInput, image_size_for_aspect_ratio
 from fal_flux_mcp.registry import MODELS, ModelInfo
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._schemas import GenerationParams, ImageInfo
-from fal_flux_mcp.server._sources import Source, Sources, check_mask
+from fal_flux_mcp.server._sources import AllowedDirs, Source, Sources, check_mask
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
     from fal_flux_mcp.fal import FalClient
 
-#: The folders local input images may come from; asked for only when an input is a local path (asking
-#: may mean a round trip to the MCP client for its roots).
-AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
 #: What an input image not located yet stands for when a call is only checked: a URL fal would accept.
 _STAND_IN_URL = "https://example.invalid/input.png"
 _IMAGE_FIELDS = ("image_urls", "image_url", "mask_url")

@@ -38,7 +38,8 @@ from fal_flux_mcp.settings import Settings
 if TYPE_CHECKING:
     from fal_flux_mcp.fal import FalClient
 
-#: The folders local input images may come from; asked for only when an input is a local path.
+#: The folders local input images may come from; asked for only when an input is a local path (asking
+#: may mean a round trip to the MCP client for its roots).
 AllowedDirs = Callable[[], Awaitable[Sequence[Path]]]
 #: A previous result's image by job id and index; a ``JobError`` when there is no such image.
 FindImage = Callable[[str, int], ImageInfo]
