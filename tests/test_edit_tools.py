@@ -8,6 +8,7 @@ size refused before anything is uploaded or paid.
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 from typing import Any
@@ -457,3 +458,32 @@ async def test_a_slow_edit_hands_back_its_job_id_and_check_status_delivers_the_e
     assert any(message.startswith("Submitted") for message in progress)
     assert done.structured_content["status"] == "completed"
     assert Path(done.structured_content["images"][0]["path"]).is_file()
+
+
+async def test_inputs_as_data_uris_and_fal_urls_are_used_and_measured_like_local_files(
+    settings: Settings, emu: Emulator, folder: Path
+) -> None:
+    red = (folder / "red.png").read_bytes()
+    data_uri = "data:image/png;base64," + base64.b64encode(red).decode()
+    async with Client(build_server(settings)) as client:
+        uploaded = await client.call_tool("upload_file", {"path": str(folder / "blue.png")})
+        blue_url = uploaded.structured_content["url"]
+        combined = await client.call_tool(
+            "edit_image",
+            {
+                "prompt": "side by side",
+                "image_urls": [data_uri, blue_url],
+                "model": "fal-ai/flux-2-flex/edit",
+            },
+        )
+        wrong_mask = await client.call_tool(
+            "edit_image",
+            {"prompt": "a hat", "image_url": blue_url, "mask_url": str(folder / "small-mask.png")},
+        )
+
+    assert not combined.is_error, text_of(combined)
+    sent = emu.jobs()[-1].input["image_urls"]
+    assert sent == [data_uri, blue_url]  # a small data URI inline, fal's URL as it is
+    assert combined.structured_content["cost_usd"] == pytest.approx(0.15)  # 1 MP out + 2 MP in, both read
+    assert wrong_mask.is_error and "image_url is 640x480" in text_of(wrong_mask)  # fal's URL was measured
+    assert len(emu.jobs()) == 1

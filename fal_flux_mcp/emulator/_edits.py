@@ -1,7 +1,8 @@
 """Edits that visibly derive from their input, as an edit model's output does.
 
 An edit shows its input image with the instruction as a caption; a multi-image edit tiles its inputs;
-a Fill repaints exactly the mask's white part and leaves the rest untouched. Inputs are read where
+a Fill repaints exactly the mask's white part and leaves the rest untouched (but for the caption band
+along the bottom, the emulator's stamp on every image). Inputs are read where
 the emulator has them (its own files, data URIs) or fetched; an input on the emulator's storage that
 is gone fails the request with a 422, as a fal app fails on a URL it cannot download. An input the
 emulator cannot reach at all (no internet in tests) is drawn as a placeholder rather than failing.
