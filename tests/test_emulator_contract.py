@@ -156,3 +156,34 @@ def test_upload_falls_back_to_the_signed_url_route(fal: Emulator) -> None:
     url = fal_client.SyncClient(key=fal.key).upload(b"fallback", "text/plain", file_name="f.txt")
     assert fetch(url) == b"fallback"
     assert (fal.counters["initiate"], fal.counters["signed_put"]) == (1, 1)
+
+
+async def test_flux_2_pro_through_fal_client(fal: Emulator) -> None:
+    result = await fal_client.AsyncClient(key=fal.key).subscribe(
+        "fal-ai/flux-2-pro", {"prompt": "a knight's visor", "image_size": "square_hd", "seed": 3}
+    )
+
+    assert set(result) == {"images", "seed"}  # FLUX.2 [pro] answers no timings, flags or prompt
+    assert result["seed"] == 3
+    image = Image.open(io.BytesIO(fetch(result["images"][0]["url"])))
+    assert image.size == (1024, 1024)
+
+
+async def test_a_multi_image_edit_through_fal_client(fal: Emulator) -> None:
+    client = fal_client.AsyncClient(key=fal.key)
+    urls = []
+    for colour in ((220, 20, 20), (20, 20, 220)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (400, 400), colour).save(buffer, "PNG")
+        urls.append(await client.upload(buffer.getvalue(), "image/png", file_name="input.png"))
+
+    result = await client.subscribe(
+        "fal-ai/flux-pro/kontext/multi",
+        {"prompt": "put the duck on the t-shirt", "image_urls": urls, "aspect_ratio": "16:9"},
+    )
+
+    image = Image.open(io.BytesIO(fetch(result["images"][0]["url"]))).convert("RGB")
+    width, height = image.size
+    assert abs(width / height - 16 / 9) < 0.05
+    left, right = image.getpixel((width // 4, height // 3)), image.getpixel((3 * width // 4, height // 3))
+    assert left[0] > left[2] and right[2] > right[0]  # the red input tiled left, the blue one right

@@ -102,11 +102,17 @@ def test_openai_agents_timing_out_leaves_the_running_job_to_finish_and_be_saved(
 def test_stdio_client_submits_follows_and_writes_the_image_it_read_as_a_resource(
     emulator: Emulator, tmp_path: Path
 ) -> None:
+    # Long enough to still run when check_status first asks (submit_job alone can take 0.5 s on a
+    # loaded machine): the progress it prints is what is checked.
+    emulator.config.job_seconds = 1.5
     result = run_stdio_client(emulator, tmp_path, "--prompt", "a red fox in snow", "--output-dir", "images")
 
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "tools generate_image, submit_job, check_status, cancel_job, upload_file, list_models" in out
+    assert (
+        "tools generate_image, edit_image, submit_job, check_status, cancel_job, upload_file, list_models"
+        in out
+    )
     assert "status: completed" in out
     assert re.search(r"\] (Generating|fal: .+)$", out, re.MULTILINE), "no progress was printed"
     written = Path(field(out, "written to:"))

@@ -52,8 +52,17 @@ async def fal(emulator: Emulator) -> AsyncIterator[FalClient]:
 def minimal_input(endpoint_id: str, image_url: str) -> dict[str, object]:
     model = MODELS[endpoint_id]
     arguments: dict[str, object] = {"prompt": "a red fox in snow", "seed": 7}
-    if "image_url" in model.parameters and model.requires_image:
+    required = model.required_inputs
+    if "image_url" in required:
         arguments["image_url"] = image_url
+    if "image_urls" in required:
+        arguments["image_urls"] = [image_url]
+    if "mask_url" in required:
+        arguments["mask_url"] = image_url  # the image itself: white enough, and of its size
+    if "finetune_id" in required:
+        arguments |= {"finetune_id": "my-finetune", "finetune_strength": 1.0}
+    if "output_format" in model.parameters:
+        arguments["output_format"] = "jpeg"  # FLUX.2 [flash] renders PNG by default
     return arguments
 
 

@@ -239,3 +239,21 @@ def test_a_journal_from_a_newer_version_is_refused_not_damaged(tmp_path: Path) -
 def test_recent_needs_a_positive_limit(journal: Journal) -> None:
     with pytest.raises(ValueError):
         journal.recent(0)
+
+
+def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with Journal(path) as journal:
+        journal.add(record())
+    db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
+    for table in ("jobs", "intents"):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN input_megapixels")
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+
+    with Journal(path) as journal:
+        kept = journal.get("req-1")
+        journal.add(record("req-2", input_megapixels=3))
+        assert kept is not None and kept.input_megapixels == 0
+        assert journal.get("req-2").input_megapixels == 3  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ import pytest
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.fal import AuthenticationError, FalClient
 from fal_flux_mcp.registry import MODELS, get_model
+from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._prices import PriceBook, Quote
 from fal_flux_mcp.settings import Settings
 
@@ -193,3 +194,32 @@ async def test_a_pricing_api_that_does_not_answer_in_time_gives_way_to_the_list_
         price, source = await book.unit_price(ultra)
     assert (price, source) == (0.06, "built-in price list")
     assert await book.unit_price(ultra) == (0.07, "fal pricing API")  # asked again, answered at once
+
+
+async def test_a_model_without_a_published_price_is_quoted_from_fal_or_not_at_all(
+    emulator: Emulator, fal: FalClient
+) -> None:
+    finetuned = get_model("fal-ai/flux-pro/v1.1-ultra-finetuned")
+    arguments = finetuned.input_model.model_validate(
+        {"prompt": "x", "finetune_id": "f", "finetune_strength": 1, "num_images": 2}
+    )
+    assert finetuned.endpoint_id not in emulator.config.prices  # fal publishes no price for it
+    with pytest.raises(JobError, match="no published price"):
+        await PriceBook(lambda: fal).quote(finetuned, arguments)
+
+    emulator.config.prices = {**emulator.config.prices, finetuned.endpoint_id: 0.07}
+    quote = await PriceBook(lambda: fal).quote(finetuned, arguments)
+    assert quote.cost_usd == pytest.approx(0.14) and quote.source == "fal pricing API"
+
+
+async def test_a_tiered_price_from_fal_scales_the_further_megapixels_too(
+    emulator: Emulator, book: PriceBook
+) -> None:
+    edit = get_model("fal-ai/flux-2-pro/edit")
+    emulator.config.prices = {**emulator.config.prices, edit.endpoint_id: 0.06}  # twice the list price
+    arguments = edit.input_model.model_validate({"prompt": "x", "image_urls": ["https://a/b.png"]})
+
+    quote = await book.quote(edit, arguments, [(1024, 1024)])
+
+    # One megapixel out, one in: the first at fal's 0.06, the second at twice the list's 0.015.
+    assert quote.cost_usd == pytest.approx(0.09) and quote.input_megapixels == 1

@@ -9,6 +9,7 @@ import pytest
 from mcp import Client
 
 from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
@@ -23,6 +24,7 @@ async def test_every_input_schema_is_flat_and_described(settings: Settings) -> N
         tools = (await client.list_tools()).tools
     assert {t.name for t in tools} == {
         "generate_image",
+        "edit_image",
         "submit_job",
         "check_status",
         "cancel_job",
@@ -45,7 +47,9 @@ async def test_enums_and_bounds_follow_fal(settings: Settings) -> None:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     props = tools["generate_image"].input_schema["properties"]
     assert tools["generate_image"].input_schema["required"] == ["prompt"]
-    assert props["model"]["enum"][0] == "fal-ai/flux-pro/v1.1-ultra" and len(props["model"]["enum"]) == 8
+    assert props["model"]["enum"][0] == "fal-ai/flux-pro/v1.1-ultra" and len(props["model"]["enum"]) == len(
+        MODELS
+    )
     assert props["aspect_ratio"]["enum"] == [
         "21:9",
         "16:9",
@@ -59,7 +63,7 @@ async def test_enums_and_bounds_follow_fal(settings: Settings) -> None:
     ]
     assert props["safety_tolerance"]["enum"] == ["1", "2", "3", "4", "5", "6"]
     assert (props["num_images"]["minimum"], props["num_images"]["maximum"]) == (1, 4)
-    assert (props["guidance_scale"]["minimum"], props["guidance_scale"]["maximum"]) == (1, 20)
+    assert (props["guidance_scale"]["minimum"], props["guidance_scale"]["maximum"]) == (0, 20)  # flash: 0
     assert (props["image_prompt_strength"]["minimum"], props["image_prompt_strength"]["maximum"]) == (0, 1)
     assert "webhook_url" in tools["submit_job"].input_schema["properties"]
     assert "webhook_url" not in props
@@ -72,12 +76,12 @@ async def test_annotations_tell_clients_what_is_safe_to_auto_approve(settings: S
         tools = {t.name: t for t in (await client.list_tools()).tools}
     for name in ("check_status", "list_models"):
         assert tools[name].annotations.read_only_hint is True, name
-    for name in ("generate_image", "submit_job"):
+    for name in ("generate_image", "edit_image", "submit_job"):
         hints = tools[name].annotations
         assert (
             hints.read_only_hint is False and hints.open_world_hint is True and hints.idempotent_hint is False
         )
-    for name in ("generate_image", "submit_job", "check_status"):
+    for name in ("generate_image", "edit_image", "submit_job", "check_status"):
         assert tools[name].output_schema and "job_id" in tools[name].output_schema["properties"]
 
 
@@ -99,6 +103,7 @@ async def test_the_key_appears_in_no_result_resource_log_journal_or_file(
                 "generate_image",
                 {"prompt": "x", "model": "fal-ai/flux-pro/kontext", "image_url": str(picture)},
             ),
+            ("edit_image", {"prompt": "make it brighter", "image_urls": [str(picture), str(picture)]}),
             ("submit_job", {"prompt": "a car", "model": "fal-ai/flux/schnell"}),
             ("upload_file", {"path": str(picture)}),
             ("upload_file", {"path": "/etc/passwd"}),

@@ -16,6 +16,7 @@ from mcp.types import CallToolResult, ListRootsResult, Root
 from PIL import Image
 
 from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
 from tests.samples import image_bytes
@@ -266,7 +267,7 @@ async def test_list_models(settings: Settings) -> None:
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("list_models", {})
     models = {m["id"]: m for m in result.structured_content["models"]}
-    assert len(models) == 8
+    assert set(models) == set(MODELS)
     assert models["fal-ai/flux-pro/kontext"]["requires_image"] is True
     assert "aspect_ratio" in models["fal-ai/flux-pro/v1.1-ultra"]["parameters"]
 

@@ -19,6 +19,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
+from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server import UnsafeBindError, build_server, http_app
 from fal_flux_mcp.server._http import HttpTransport
 from fal_flux_mcp.settings import Settings
@@ -67,13 +68,23 @@ async def exercise_every_tool(client: Client, picture: Path) -> set[str]:
 
     uploaded = await client.call_tool("upload_file", {"path": str(picture)})
     assert not uploaded.is_error and uploaded.structured_content["url"].startswith("http")
+    edited = await client.call_tool(
+        "edit_image",
+        {
+            "prompt": "make it brighter",
+            "image_url": generated.structured_content["images"][0]["resource_uri"],
+        },
+    )
+    assert edited.structured_content["status"] == "completed", edited.content
+    assert "fal-ai/flux-pro/kontext" in edited.structured_content["model_choice"]
     models = await client.call_tool("list_models", {})
-    assert len(models.structured_content["models"]) == 8
+    assert len(models.structured_content["models"]) == len(MODELS)
     spend = await client.call_tool("get_spend", {})
     assert not spend.is_error and spend.structured_content["periods"][0]["period"] == "today"
 
     called = {
         "generate_image",
+        "edit_image",
         "submit_job",
         "check_status",
         "cancel_job",
@@ -131,7 +142,7 @@ async def test_http_token_is_required_when_configured(settings: Settings) -> Non
             authorised,
             Client(streamable_http_client(f"{origin}/mcp", http_client=authorised)) as client,
         ):
-            assert len((await client.list_tools()).tools) == 7
+            assert len((await client.list_tools()).tools) == 8
 
 
 async def test_dns_rebinding_protection_on_loopback(settings: Settings) -> None:
@@ -197,11 +208,11 @@ async def test_every_loopback_bind_refuses_rebound_hosts_and_origins(
         if transport == "sse":
             factory = sse_client(f"{origin}/sse", headers=origin_headers)
             async with Client(factory, mode="legacy") as client:
-                assert len((await client.list_tools()).tools) == 7
+                assert len((await client.list_tools()).tools) == 8
         else:
             http2 = httpx2.AsyncClient(headers=origin_headers)
             async with http2, Client(streamable_http_client(f"{origin}/mcp", http_client=http2)) as client:
-                assert len((await client.list_tools()).tools) == 7
+                assert len((await client.list_tools()).tools) == 8
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
@@ -260,4 +271,4 @@ async def test_the_printed_client_config_launches_the_server(settings: Settings)
     env = {**entry["env"], **server_env(settings)}
     params = StdioServerParameters(command=entry["command"], args=entry["args"], env=env)
     async with Client(params) as client:
-        assert len((await client.list_tools()).tools) == 7
+        assert len((await client.list_tools()).tools) == 8

@@ -65,7 +65,7 @@ async def test_an_unknown_argument_is_an_error_naming_it_and_the_nearest_known_o
         ({"prompt": "x", "safety_tolerance": 9}, "safety_tolerance '9' is not allowed; use one of '1', '2'"),
         ({"prompt": "x", "seed": "lucky"}, "seed 'lucky' is not a whole number."),
         ({"prompt": "x", "raw": "maybe"}, "raw 'maybe' is not true or false."),
-        ({"prompt": "x", "guidance_scale": 0}, "guidance_scale 0 is out of range; allowed: 1 to 20."),
+        ({"prompt": "x", "guidance_scale": 25}, "guidance_scale 25 is out of range; allowed: 0 to 20."),
         ({"aspect_ratio": "1:1"}, "prompt is required: What the image should show"),
         (
             {"prompt": "x", "model": "fal-ai/flux-pro/v2"},

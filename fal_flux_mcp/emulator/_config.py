@@ -19,7 +19,7 @@ def _list_prices() -> dict[str, float]:
     """The registry's list prices: what a fresh emulator's pricing API answers."""
     from fal_flux_mcp.registry import MODELS  # here, not at import: ``serve`` reads this module's options
 
-    return {info.endpoint_id: info.price_usd for info in MODELS.values()}
+    return {info.endpoint_id: info.price_usd for info in MODELS.values() if info.price_usd is not None}
 
 
 class EmulatorConfig(BaseModel):

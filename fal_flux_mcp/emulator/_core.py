@@ -13,7 +13,6 @@ import base64
 import contextlib
 import functools
 import logging
-import math
 import os
 import secrets
 import time
@@ -30,6 +29,7 @@ from starlette.responses import Response
 
 from fal_flux_mcp.emulator import _jobs as jobs
 from fal_flux_mcp.emulator._config import EmulatorConfig
+from fal_flux_mcp.emulator._edits import InputRejected, load_inputs, mask_mismatch, render_edit
 from fal_flux_mcp.emulator._faults import FaultInjector
 from fal_flux_mcp.emulator._render import content_type, render
 from fal_flux_mcp.emulator._responses import json_response
@@ -38,9 +38,14 @@ from fal_flux_mcp.emulator._validation import FieldErrors
 from fal_flux_mcp.emulator._webhooks import WebhookSigner, deliver, webhook_body
 from fal_flux_mcp.fal._urls import EndpointId
 from fal_flux_mcp.models import FalInput, output_size
-from fal_flux_mcp.registry import MODELS
+from fal_flux_mcp.registry import MODELS, megapixels_of
 
 log = logging.getLogger("fal_flux_mcp.emulator")
+
+#: The registry tasks whose output shows their input images (Redux varies its input without showing it).
+_EDIT_TASKS = frozenset({"image-edit", "multi-image-edit", "inpaint"})
+#: FLUX.2 [pro], [flex] and [max] answer only ``images`` and ``seed``.
+_IMAGES_AND_SEED_ONLY = ("fal-ai/flux-2-pro", "fal-ai/flux-2-flex", "fal-ai/flux-2-max")
 
 _CONTENT_POLICY_MSG = (
     "The content could not be processed because it contained material flagged by a content checker."
@@ -215,10 +220,22 @@ class Core:
 
     async def _produce_output(self, job: jobs.Job) -> dict[str, Any]:
         """The job's output. Its files render in the background: a result only needs their URLs and
-        sizes, and a download of a file still rendering waits for it, as a CDN fetch would."""
-        assert job.model_input is not None
+        sizes, and a download of a file still rendering waits for it, as a CDN fetch would.
+
+        An edit reads its input images first (``InputRejected`` if one is gone, or a Fill's mask does
+        not match its image): its output size and look follow them."""
+        assert job.model_input is not None and self._http is not None
         model_input = job.model_input
-        width, height = output_size(job.endpoint_id, model_input)
+        info = MODELS.get(job.endpoint_id)
+        edit = None
+        if info is not None and info.task in _EDIT_TASKS:
+            edit = await load_inputs(model_input, job.origin, self.files, self._http)
+            if (mismatch := mask_mismatch(edit)) is not None:
+                raise InputRejected(mismatch)
+            sizes = edit.sizes()
+            billed = sizes[:-1] if edit.mask is not None else sizes
+            job.input_megapixels = info.billed_input_megapixels(billed)
+        width, height = output_size(job.endpoint_id, model_input, edit.sizes() if edit else ())
         output_format = getattr(model_input, "output_format", "jpeg")
         mime = content_type(output_format)
         prompt = getattr(model_input, "prompt", "") or ""
@@ -227,11 +244,16 @@ class Core:
         look = self.config.look
 
         async def encoded(index: int) -> bytes:
+            seed = job.seed + index
+            if edit is not None:
+                return await loop.run_in_executor(
+                    self._executor, render_edit, prompt, seed, edit, width, height, output_format, job.nsfw
+                )
             return await loop.run_in_executor(
                 self._executor,
                 self._render,
                 prompt,
-                job.seed + index,
+                seed,
                 width,
                 height,
                 output_format,
@@ -256,13 +278,17 @@ class Core:
                 key = self.files.new_key(None, mime)
                 self.pending_files[key] = self._spawn(stored(key, index))
                 urls.append(f"{job.origin}/files/{key}")
-        return {
+        output: dict[str, Any] = {
             "images": [{"url": url, "width": width, "height": height, "content_type": mime} for url in urls],
-            "timings": {"inference": job.duration},
             "seed": job.seed,
-            "has_nsfw_concepts": [job.nsfw] * count,
-            "prompt": prompt,
         }
+        if not job.endpoint_id.startswith(_IMAGES_AND_SEED_ONLY):
+            output |= {
+                "timings": {"inference": job.duration},
+                "has_nsfw_concepts": [job.nsfw] * count,
+                "prompt": prompt,
+            }
+        return output
 
     def _on_finish(self, job: jobs.Job) -> None:
         log.debug("job %s completed (%s)", job.request_id, job.outcome)
@@ -291,7 +317,10 @@ class Core:
         outcome = job.outcome
         if outcome == jobs.OK:
             assert job.output is not None
-            output = await asyncio.shield(job.output)
+            try:
+                output = await asyncio.shield(job.output)
+            except InputRejected as exc:  # an input the app could not use: fal's 422
+                return 422, {"detail": exc.errors}, {}
             return 200, output, {"x-fal-billable-units": _billable_units(job, output)}
         if outcome == jobs.INVALID:
             return 422, {"detail": job.errors}, {}
@@ -352,8 +381,8 @@ def _billable_units(job: jobs.Job, output: dict[str, Any]) -> str:
     info = MODELS.get(job.endpoint_id)
     if info is None or info.price_unit == "image":
         return str(count)
-    image = output["images"][0]
-    return str(math.ceil(image["width"] * image["height"] / (1024 * 1024)) * count)
+    sizes = [(image["width"], image["height"]) for image in output["images"]]
+    return str(megapixels_of(sizes) + job.input_megapixels)
 
 
 async def wait_until_set(event: asyncio.Event, timeout: float | None) -> bool:

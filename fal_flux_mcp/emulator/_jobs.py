@@ -70,6 +70,7 @@ class Job:
     finished_at: float | None = None
     full_path_urls: bool = False
     outcome: str | None = None
+    input_megapixels: int = 0
     cancel_requested: bool = False
     output: asyncio.Future[dict[str, Any]] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)

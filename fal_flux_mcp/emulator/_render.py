@@ -21,7 +21,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 Look = Literal["flat", "photo"]
 
-_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png")}
+_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
 
 
 def content_type(output_format: str) -> str:
@@ -50,7 +50,7 @@ def render(
     if pil_format == "PNG":
         image.save(buffer, "PNG", compress_level=1)
     else:
-        image.save(buffer, "JPEG", quality=90)
+        image.save(buffer, pil_format, quality=90)
     return buffer.getvalue()
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -263,6 +264,21 @@ class Emulator:
         processing anything).
         """
         self._running_core().faults.arm(kind, fault, count, retry_after, delay)
+
+    def expire_file(self, url: str) -> None:
+        """Make a file this emulator serves (generated or uploaded) gone for good, as fal's CDN drops
+        files after a while: its URL answers 404 from now on. A ``KeyError`` for a file it never had."""
+        core = self._running_core()
+        assert core.loop is not None
+        key = unquote(urlsplit(url).path.removeprefix("/files/"))
+
+        async def remove() -> bool:
+            if (rendering := core.pending_files.get(key)) is not None:
+                await asyncio.shield(rendering)
+            return core.files.remove(key)
+
+        if not asyncio.run_coroutine_threadsafe(remove(), core.loop).result(timeout=5.0):
+            raise KeyError(f"the emulator serves no file at {url}")
 
     def clear_faults(self) -> None:
         """Disarm every injected fault not yet used."""

@@ -82,6 +82,13 @@ class FileStore:
         """The file stored under ``key``, if any."""
         return self._files.get(key)
 
+    def remove(self, key: str) -> bool:
+        """Forget the file under ``key`` (as fal's CDN drops old files); whether there was one."""
+        stored = self._files.pop(key, None)
+        if stored is not None:
+            stored.path.unlink(missing_ok=True)
+        return stored is not None
+
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredFile:
         """Store ``data`` under ``key`` (blocking: call it off the event loop for big files)."""
         path = self._path(key)

@@ -384,6 +384,10 @@ class FalClient:
         """``download`` into ``file`` as the bytes arrive, never holding them all; returns how many."""
         return await self._downloader.fetch_to(url, file)
 
+    async def url_answers(self, url: str) -> bool | None:
+        """Whether a file URL still serves its file (None: cannot be told right now)."""
+        return await self._downloader.answers(url)
+
 
 def _parse_status(body: Any) -> QueueStatus:
     if not isinstance(body, dict):

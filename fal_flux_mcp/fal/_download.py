@@ -65,6 +65,22 @@ class Downloader:
                 await anyio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def answers(self, url: str) -> bool | None:
+        """Whether ``url`` still serves its file: True, False (fal's CDN answers it is gone), or None
+        when that cannot be told now (fal unreachable, a 5xx). One HEAD request, no retries: the
+        caller has a fallback (the saved copy), and a quick answer is worth more than a sure one."""
+        if url.startswith("data:"):
+            return True
+        try:
+            response = await self._http.head(url, follow_redirects=True)
+        except httpx.TransportError:
+            return None
+        if response.is_success:
+            return True
+        if response.status_code in (401, 403, 404, 410):
+            return False
+        return None
+
     async def _fetch_once(self, url: str, file: BinaryIO) -> int:
         try:
             async with self._http.stream("GET", url) as response:

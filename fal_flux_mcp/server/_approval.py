@@ -1,8 +1,8 @@
 """The user's yes before money goes out: what a call would cost, and asking when it is over a limit.
 
-``spend_approval`` runs before ``generate_image`` and ``submit_job`` (an SDK resolver, so the question
-works in both protocol eras: mid-call on older connections, as an input-required round trip on
-2026-07-28). It prices the call; within the user's limits it asks nothing. Over a limit, a client that
+``spend_approval`` runs before ``generate_image`` and ``submit_job``, ``edit_spend_approval`` before
+``edit_image`` (SDK resolvers, so the question works in both protocol eras: mid-call on older
+connections, as an input-required round trip on 2026-07-28). It prices the call; within the user's limits it asks nothing. Over a limit, a client that
 can elicit shows the user a form (model, images, size, cost, what is left today) to approve or
 decline; a client that cannot gets nothing to approve, and the tool answers with what the *user*
 can change. The model cannot approve: ``max_cost_usd`` only lowers the limit for one call.
@@ -10,6 +10,7 @@ can change. The model cannot approve: ``max_cost_usd`` only lowers the limit for
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,8 +22,10 @@ from mcp.server.mcpserver.resolve import Elicit
 from pydantic import BaseModel, Field, ValidationError
 
 from fal_flux_mcp.models import output_size
+from fal_flux_mcp.server._editing import choose_editor
 from fal_flux_mcp.server._errors import JobError, SpendRefused
 from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import GenerationParams
 
 logger = logging.getLogger("fal_flux_mcp.server")
@@ -50,24 +53,64 @@ async def spend_approval(
     num_images: int | None,
     aspect_ratio: str | None,
     image_size: str | None,
+    image_url: str | None,
+    image_urls: list[str] | None,
+    mask_url: str | None,
+    finetune_id: str | None,
+    finetune_strength: float | None,
     max_cost_usd: float | None,
 ) -> Assessment | Elicit[SpendApproval]:
     """Price the call and, when it is over the user's limits, ask the user (when the client can)."""
+    arguments = {
+        "model": model,
+        "num_images": num_images,
+        "aspect_ratio": aspect_ratio,
+        "image_size": image_size,
+        "image_url": image_url,
+        "image_urls": image_urls,
+        "mask_url": mask_url,
+        "finetune_id": finetune_id,
+        "finetune_strength": finetune_strength,
+    }
+    return await _assess(ctx, arguments, max_cost_usd)
+
+
+async def edit_spend_approval(
+    ctx: Context[Any, Any],
+    model: str | None,
+    num_images: int | None,
+    aspect_ratio: str | None,
+    image_url: str | None,
+    image_urls: list[str] | None,
+    mask_url: str | None,
+    max_cost_usd: float | None,
+) -> Assessment | Elicit[SpendApproval]:
+    """``spend_approval`` for ``edit_image``: the editor it will run on is the one priced."""
+    choice = choose_editor(model, image_url, image_urls, mask_url)
+    arguments = {
+        "model": choice.endpoint_id,
+        "num_images": num_images,
+        "aspect_ratio": aspect_ratio,
+        "image_url": image_url,
+        "image_urls": image_urls,
+        "mask_url": mask_url,
+    }
+    return await _assess(ctx, arguments, max_cost_usd)
+
+
+async def _assess(
+    ctx: Context[Any, Any], arguments: dict[str, Any], max_cost_usd: float | None
+) -> Assessment | Elicit[SpendApproval]:
+    """Price ``arguments`` (reading the input images' sizes where the price follows them) and ask
+    the user when that is over a limit."""
     state = ctx.request_context.lifespan_context
     try:
-        params = GenerationParams.model_validate(
-            {
-                "prompt": "-",
-                "model": model,
-                "num_images": num_images,
-                "aspect_ratio": aspect_ratio,
-                "image_size": image_size,
-            }
-        )
-        info, fal_input = state.jobs.inputs.checked(params)
+        params = GenerationParams.model_validate({"prompt": "-", **arguments})
+        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state))
+        info, fal_input, input_sizes = priced.model, priced.fal_input, priced.input_sizes
+        quote = await state.jobs.prices.quote(info, fal_input, input_sizes)
     except (JobError, ValidationError):
         return Assessment("unpriced")  # the tool itself refuses it, in its own words
-    quote = await state.jobs.prices.quote(info, fal_input)
     reason = state.jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=max_cost_usd)
     if reason is None:
         return Assessment("fits")
@@ -78,7 +121,7 @@ async def spend_approval(
     if elicitation is None or (elicitation.form is None and elicitation.url is not None):
         return Assessment("cannot_ask", reason)
     count = getattr(fal_input, "num_images", 1) or 1
-    width, height = output_size(info.endpoint_id, fal_input)
+    width, height = output_size(info.endpoint_id, fal_input, input_sizes)
     day_left, _ = state.jobs.ledger.left()
     left = "no daily limit" if day_left is None else f"{usd(day_left)} left of today's budget"
     question = (

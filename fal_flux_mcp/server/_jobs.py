@@ -30,7 +30,7 @@ from fal_flux_mcp.fal import (
 from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server._background import Background
 from fal_flux_mcp.server._cancel import stop_waiting
-from fal_flux_mcp.server._errors import UnknownJobError
+from fal_flux_mcp.server._errors import JobError, UnknownJobError
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import InputBuilder
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
@@ -69,7 +69,7 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
-        self.inputs = InputBuilder(settings, lambda: self.fal)
+        self.inputs = InputBuilder(settings, lambda: self.fal, self.image_of)
         self.prices = PriceBook(lambda: self.fal)
         self.ledger = Ledger(journal, settings)
         self.saver = ImageSaver(settings, lambda: self.fal)
@@ -152,6 +152,19 @@ class JobService:
                 f"job_id that generate_image or submit_job returned.{also}"
             )
         return record
+
+    def image_of(self, job_id: str, index: int) -> ImageInfo:
+        """Image ``index`` of a completed job (``flux://images/{job_id}/{index}``); a ``JobError`` if none."""
+        record = self.get(job_id)
+        if record.status != "completed" or not record.result:
+            raise JobError(
+                f"job {record.job_id} is {record.status}, so it has no images to use yet"
+                + (": call check_status with its job_id first." if not record.is_terminal else ".")
+            )
+        images = JobResult.model_validate(record.result).images
+        if not 0 <= index < len(images):
+            raise JobError(f"job {record.job_id} has {len(images)} image(s): index {index} does not exist.")
+        return images[index]
 
     @staticmethod
     def handle(record: JobRecord) -> QueueHandle:
@@ -323,7 +336,12 @@ class JobService:
             or any(None in size for size in sizes)
         ):
             return record.cost_usd
-        return self.prices.final(MODELS[record.endpoint_id], record.unit_price, sizes)  # type: ignore[arg-type]
+        return self.prices.final(
+            MODELS[record.endpoint_id],
+            record.unit_price,
+            sizes,  # type: ignore[arg-type]
+            record.input_megapixels,
+        )
 
     def _lock(self, job_id: str) -> anyio.Lock:
         return self._locks.setdefault(job_id, anyio.Lock())

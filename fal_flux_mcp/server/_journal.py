@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: A check run inside a write transaction; a reason to refuse, or None.
 Check = Callable[[sqlite3.Connection], "str | None"]
@@ -173,9 +173,14 @@ class Journal:
                 if version < 4:  # the ledger: what each job reserved, then cost, and who allowed it
                     for statement in _LEDGER_MIGRATION:
                         self._db.execute(statement)
-                if version < 5:  # retention: what pruned jobs spent, by quarter hour, for the ledger
+                if version < 5:  # models that bill the input images' megapixels too (FLUX.2 edits)
+                    for table in ("jobs", "intents"):
+                        self._db.execute(
+                            f"ALTER TABLE {table} ADD COLUMN input_megapixels INTEGER NOT NULL DEFAULT 0"
+                        )
+                if version < 6:  # retention: what pruned jobs spent, by quarter hour, for the ledger
                     self._db.execute(_SPEND_TABLE)
-                # Further migrations: `if version < 6: ...` here.
+                # Further migrations: `if version < 7: ...` here.
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")

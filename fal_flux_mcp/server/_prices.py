@@ -25,6 +25,7 @@ import anyio
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.models import FalInput
 from fal_flux_mcp.registry import MODELS, ModelInfo, PriceUnit
+from fal_flux_mcp.server._errors import JobError
 
 if TYPE_CHECKING:
     from fal_flux_mcp.fal import FalClient
@@ -52,6 +53,7 @@ class Quote:
     unit_price: float
     unit: PriceUnit
     source: PriceSource
+    input_megapixels: int = 0
 
 
 class PriceBook:
@@ -79,31 +81,54 @@ class PriceBook:
         #: ``time.monotonic()`` after which fal is asked again; None before the first ask.
         self._next_ask: float | None = None
 
-    async def unit_price(self, model: ModelInfo) -> tuple[float, PriceSource]:
-        """``model``'s USD price per unit (its ``price_unit``), and where that price comes from."""
+    async def unit_price(self, model: ModelInfo) -> tuple[float | None, PriceSource]:
+        """``model``'s USD price per unit (its ``price_unit``), and where that price comes from.
+
+        None when fal publishes no price for it and its pricing API cannot tell either.
+        """
         prices = await self._current()
         price = prices.get(model.endpoint_id)
         if price is None:  # fal not asked successfully, or it does not price this model
             return model.price_usd, BUILT_IN
         return price, FROM_FAL
 
-    async def quote(self, model: ModelInfo, arguments: FalInput) -> Quote:
-        """The estimate shown before submitting: the images ``arguments`` ask for, at the current price."""
+    async def quote(
+        self, model: ModelInfo, arguments: FalInput, input_sizes: Sequence[tuple[int, int]] = ()
+    ) -> Quote:
+        """The estimate shown before submitting: the images ``arguments`` ask for, at the current price.
+
+        ``input_sizes``: the input images' sizes, for the models whose output or price follows them.
+        A model without a known price is a ``JobError``: nothing may be spent on an unknown cost.
+        """
         unit_price, source = await self.unit_price(model)
+        if unit_price is None:
+            raise JobError(
+                f"{model.endpoint_id} ({model.title}) has no published price, and fal's pricing API did not "
+                "give one (the key may lack the permission to read prices), so its cost cannot be "
+                "checked against your limits. Nothing was sent to fal. Use another model, or a key that "
+                "may read fal's pricing."
+            )
         return Quote(
-            cost_usd=model.estimate_cost(arguments, unit_price),
+            cost_usd=model.estimate_cost(arguments, unit_price, input_sizes),
             unit_price=unit_price,
             unit=model.price_unit,
             source=source,
+            input_megapixels=model.billed_input_megapixels(input_sizes),
         )
 
-    def final(self, model: ModelInfo, unit_price: float, sizes: Sequence[tuple[int, int]]) -> float:
+    def final(
+        self,
+        model: ModelInfo,
+        unit_price: float,
+        sizes: Sequence[tuple[int, int]],
+        input_megapixels: int = 0,
+    ) -> float:
         """USD for the images actually returned (``sizes``: their width and height), at ``unit_price``.
 
         Takes the price the quote used rather than asking again, so that a price change between
         submit and result does not make the cost disagree with what the user accepted.
         """
-        return model.final_cost(sizes, unit_price)
+        return model.final_cost(sizes, unit_price, input_megapixels)
 
     async def _current(self) -> dict[str, float]:
         """fal's prices, asking fal if they are due; concurrent first callers share one request."""

@@ -65,6 +65,9 @@ class JobRecord(BaseModel):
     unit_price: float | None = Field(default=None, description="USD per unit when it was submitted.")
     price_source: str | None = Field(default=None, description="Where unit_price came from.")
     approval: str | None = Field(default=None, description="How spending on it was allowed.")
+    input_megapixels: int = Field(
+        default=0, description="Input megapixels fal bills with it (models that count input images)."
+    )
 
     @field_validator("created_at", "updated_at", "completed_at")
     @classmethod
@@ -106,6 +109,7 @@ class SubmitIntent(BaseModel):
     unit_price: float | None = None
     price_source: str | None = None
     approval: str | None = None
+    input_megapixels: int = 0
 
     @field_validator("created_at")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from fal_flux_mcp.models import AspectRatio, ImageSizePreset, OutputFormat, SafetyTolerance
+from fal_flux_mcp.models import AspectRatio, EditImageSizePreset, OutputFormat, SafetyTolerance
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 
 ModelId: TypeAlias = Literal[
@@ -24,6 +24,17 @@ ModelId: TypeAlias = Literal[
     "fal-ai/flux-pro/v1.1/redux",
     "fal-ai/flux-pro/v1/redux",
     "fal-ai/flux-pro/kontext",
+    "fal-ai/flux-pro/kontext/max",
+    "fal-ai/flux-pro/kontext/multi",
+    "fal-ai/flux-pro/kontext/max/multi",
+    "fal-ai/flux-pro/v1/fill",
+    "fal-ai/flux-pro/v1.1-ultra-finetuned",
+    "fal-ai/flux-2-pro",
+    "fal-ai/flux-2-pro/edit",
+    "fal-ai/flux-2-flex",
+    "fal-ai/flux-2-flex/edit",
+    "fal-ai/flux-2-max/edit",
+    "fal-ai/flux-2/flash",
     "fal-ai/flux/dev",
     "fal-ai/flux/schnell",
 ]
@@ -65,52 +76,80 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(
-        description="What the image should show, or for Kontext the edit to make. May be empty only for "
-        "the Redux models, which vary image_url.",
+        description="What the image should show, or for the edit models the change to make. May be empty "
+        "only for the Redux models, which vary image_url.",
         max_length=10_000,
     )
     model: ModelId = Field(
         default=DEFAULT_MODEL,
-        description="fal endpoint id. Text to image: fal-ai/flux-pro/v1.1-ultra (best, ~4 MP), "
-        "fal-ai/flux-pro/v1.1, fal-ai/flux/dev, fal-ai/flux/schnell (fastest, cheapest). "
-        "Variations of image_url: the /redux models. Edit image_url by instruction: fal-ai/flux-pro/kontext. "
-        "list_models gives prices and parameters.",
+        description="fal endpoint id. Text to image: fal-ai/flux-pro/v1.1-ultra (best FLUX.1, ~4 MP), "
+        "fal-ai/flux-2-pro, fal-ai/flux-2-flex, fal-ai/flux-pro/v1.1, fal-ai/flux/dev, fal-ai/flux-2/flash "
+        "and fal-ai/flux/schnell (fastest, cheapest), fal-ai/flux-pro/v1.1-ultra-finetuned (your "
+        "fine-tune). Variations of image_url: the /redux models. Editing (prefer edit_image): "
+        "fal-ai/flux-pro/kontext, .../kontext/max, the FLUX.2 /edit models, .../kontext/multi and "
+        ".../kontext/max/multi for several images, fal-ai/flux-pro/v1/fill with a mask. list_models "
+        "gives prices and parameters.",
     )
     aspect_ratio: AspectRatio | None = optional(
-        "Aspect ratio; works with every model (turned into an image_size where the model needs one)."
+        "Aspect ratio; works with every model but Fill (turned into an image_size where the model needs one)."
     )
-    image_size: ImageSizePreset | None = optional(
-        "Size preset, only for models that take image_size (v1.1, the v1.x redux models, dev, schnell). "
-        "Prefer aspect_ratio."
+    image_size: EditImageSizePreset | None = optional(
+        "Size preset, only for models that take image_size (v1.1, the v1.x redux models, dev, schnell, "
+        "FLUX.2); 'auto' (FLUX.2 edits' default) follows the input image. Prefer aspect_ratio."
     )
-    num_images: int | None = optional("How many images to generate, 1-4 (default 1).", ge=1, le=4)
+    num_images: int | None = optional(
+        "How many images to generate, 1-4 (default 1); FLUX.2 [pro], [flex] and [max] make one.", ge=1, le=4
+    )
     seed: int | None = optional("Seed for reproducible output: the same seed and prompt give the same image.")
-    output_format: OutputFormat | None = optional("File format of the images (default jpeg).")
+    output_format: OutputFormat | None = optional(
+        "File format of the images (default jpeg; FLUX.2 [flash]: png)."
+    )
     safety_tolerance: Tolerance | None = optional(
-        "FLUX pro moderation level, '1' strictest to '6' most permissive (default '2')."
+        "FLUX pro moderation level, '1' strictest to '6' most permissive (FLUX.2: up to '5'; default '2')."
     )
     enhance_prompt: bool | None = optional("Let the model expand the prompt for more detail (default false).")
+    enable_prompt_expansion: bool | None = optional(
+        "FLUX.2 [flash]: let the model expand the prompt (default false)."
+    )
     raw: bool | None = optional("Ultra models only: a less processed, more natural look (default false).")
     image_url: str | None = optional(
-        "Input image: an https URL, or a local file path inside the allowed directories (uploaded first). "
-        "Required for the Redux and Kontext models; an optional image prompt for ultra.",
+        "Input image: an https URL, a data URI, a local file path inside the allowed directories (uploaded "
+        "first), or a previous result flux://images/{job_id}/{index}. Required for the Redux, Kontext and "
+        "Fill models; an optional image prompt for ultra.",
+        min_length=1,
+    )
+    image_urls: list[Annotated[str, Field(min_length=1)]] | None = optional(
+        "Input images, for the models that take several (FLUX.2 edits, Kontext multi); each as image_url.",
+        min_length=1,
+    )
+    mask_url: str | None = optional(
+        "Fill only: the mask, an image of exactly image_url's size, white where the image should change; "
+        "given like image_url.",
         min_length=1,
     )
     image_prompt_strength: float | None = optional(
         "Ultra models: how strongly image_url steers the result, 0-1 (default 0.1).", ge=0, le=1
     )
+    finetune_id: str | None = optional(
+        "fal-ai/flux-pro/v1.1-ultra-finetuned: the id of your fine-tune on fal.", min_length=1
+    )
+    finetune_strength: float | None = optional(
+        "fal-ai/flux-pro/v1.1-ultra-finetuned: how strongly the fine-tune applies, 0-2.", ge=0, le=2
+    )
     num_inference_steps: int | None = optional(
-        "Denoising steps for dev (1-50, default 28), schnell (1-12, default 4) and the v1.x redux models.",
+        "Denoising steps for dev (1-50, default 28), schnell (1-12, default 4), FLUX.2 [flex] (2-50) and "
+        "the v1.x redux models.",
         ge=1,
         le=50,
     )
     guidance_scale: float | None = optional(
-        "How closely to follow the prompt, 1-20 (default 3.5); dev, kontext and the v1.x redux models.",
-        ge=1,
+        "How closely to follow the prompt (default 3.5): 1-20 for dev, kontext and the v1.x redux models, "
+        "1.5-10 for FLUX.2 [flex], 0-20 for FLUX.2 [flash] (default 2.5).",
+        ge=0,
         le=20,
     )
     enable_safety_checker: bool | None = optional(
-        "dev, schnell and ultra: black out NSFW output (default true)."
+        "dev, schnell, ultra and FLUX.2: black out NSFW output (default true)."
     )
     max_cost_usd: float | None = optional(
         "The most this call may cost, in USD. It can only lower the user's limit for this call, never "
@@ -277,6 +316,9 @@ class JobResult(BaseModel):
     queue_position: int | None = Field(default=None, description="Jobs ahead of this one while queued.")
     resource_uri: str = Field(description="MCP resource describing the job (flux://jobs/{job_id}).")
     message: str = Field(description="What happened and what to do next.")
+    model_choice: str | None = Field(
+        default=None, description="edit_image: which model edited the image(s), and why it was chosen."
+    )
     error: str | None = Field(default=None, description="Why the job failed, when it did.")
     logs: list[str] | None = Field(default=None, description="fal's log lines, when asked for.")
     created_at: datetime | None = Field(default=None, description="When the job was submitted (UTC).")
@@ -304,29 +346,6 @@ class UploadResult(BaseModel):
     file_name: str = Field(description="Name it was stored under.")
     content_type: str = Field(description="MIME type detected from the content.")
     size: int = Field(description="Size in bytes.")
-
-
-class ModelSummary(BaseModel):
-    """One model in the registry."""
-
-    id: str = Field(description="fal endpoint id, the value for the model argument.")
-    title: str = Field(description="Product name.")
-    task: str = Field(description="text-to-image, image-variation or image-edit.")
-    description: str = Field(description="What it is good for.")
-    parameters: list[str] = Field(description="The generate_image / submit_job arguments it takes.")
-    requires_image: bool = Field(description="Whether image_url is required.")
-    price_usd: float = Field(description="List price per unit.")
-    price_unit: str = Field(description="'image' or 'megapixel' (rounded up per image).")
-    price_source: str = Field(description="fal pricing API (this account's price) or built-in price list.")
-    typical_seconds: float = Field(description="Typical generation time.")
-    price_note: str = Field(description="Caveats about the price, if any.")
-
-
-class ModelList(BaseModel):
-    """The models fal-flux-mcp offers."""
-
-    default_model: str = Field(description="Used when model is not given.")
-    models: list[ModelSummary] = Field(description="Every available model.")
 
 
 class PeriodSpend(BaseModel):

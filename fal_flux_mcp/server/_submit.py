@@ -42,8 +42,9 @@ async def submit(
     lost, the intent is looked up in fal's request history (``_reconcile``) rather than sent
     again: a second submit could be a second payment.
     """
-    model, fal_input = await jobs.inputs.prepare(params, allowed_dirs)
-    quote = await jobs.prices.quote(model, fal_input)
+    prepared = await jobs.inputs.prepare(params, allowed_dirs)
+    model, fal_input = prepared.model, prepared.fal_input
+    quote = await jobs.prices.quote(model, fal_input, prepared.input_sizes)
     approved = approval == "approved by the user"
     if not approved and (reason := jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)):
         raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
@@ -57,6 +58,7 @@ async def submit(
         unit_price=quote.unit_price,
         price_source=quote.source,
         approval=approval or "within the limits",
+        input_megapixels=quote.input_megapixels,
     )
     # The journal syncs these two writes to disk: in a worker thread, the wait does not hold up the
     # other calls in flight (two hundred submissions at once would otherwise queue behind each fsync).
@@ -106,6 +108,7 @@ async def submit(
         unit_price=intent.unit_price,
         price_source=intent.price_source,
         approval=intent.approval,
+        input_megapixels=intent.input_megapixels,
     )
     try:
         await anyio.to_thread.run_sync(jobs.journal.fulfil_intent, intent.intent_id, record)

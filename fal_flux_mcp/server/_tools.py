@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -28,22 +26,20 @@ from mcp.types import (
 from pydantic import BaseModel
 
 from fal_flux_mcp.fal import FalError
-from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
-from fal_flux_mcp.server._approval import Approval, approval_of, spend_approval
+from fal_flux_mcp.server._approval import Approval, approval_of, edit_spend_approval, spend_approval
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
+from fal_flux_mcp.server._catalog import ModelList, model_list
+from fal_flux_mcp.server._editing import EditorChoice, EditParams, as_generation, choose_editor
 from fal_flux_mcp.server._errors import JobError
-from fal_flux_mcp.server._file_uris import roots_to_dirs
 from fal_flux_mcp.server._flat import flat_arguments
-from fal_flux_mcp.server._inputs import tool_fields_for
 from fal_flux_mcp.server._replies import Progress, job_result
+from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import (
     CancelParams,
     CancelResultOut,
     GenerationParams,
     JobResult,
-    ModelList,
-    ModelSummary,
     NoParams,
     SpendReport,
     StatusParams,
@@ -65,6 +61,7 @@ _GENERATE = ToolAnnotations(
     open_world_hint=True,
 )
 _SUBMIT = _GENERATE.model_copy(update={"title": "Submit image job"})
+_EDIT = _GENERATE.model_copy(update={"title": "Edit image"})
 _READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
 _CANCEL = ToolAnnotations(
     title="Cancel job",
@@ -93,24 +90,16 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(exc.message) from None
 
 
+def _with_choice(result: JobResult, choice: EditorChoice | None) -> JobResult:
+    """``result`` saying which editor ran and why, for ``edit_image``."""
+    if choice is None:
+        return result
+    sentence = choice.sentence()
+    return result.model_copy(update={"model_choice": sentence, "message": f"{sentence} {result.message}"})
+
+
 def _state(ctx: Context[AppState]) -> AppState:
     return ctx.request_context.lifespan_context
-
-
-async def _allowed_dirs(ctx: Context[AppState], state: AppState) -> list[Path]:
-    """``FLUX_MCP_ALLOWED_DIRS`` plus the roots the client shares (on connections that can ask for them)."""
-    dirs = list(state.settings.allowed_dirs)
-    capabilities = ctx.client_capabilities
-    if capabilities is None or capabilities.roots is None:
-        return dirs
-    try:
-        with anyio.move_on_after(5), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            roots = await ctx.session.list_roots()
-            dirs.extend(roots_to_dirs(str(root.uri) for root in roots.roots))
-    except Exception as exc:  # no back channel (modern era), or the client failed: use the env list
-        logger.debug("could not list the client's roots: %s", exc)
-    return dirs
 
 
 def _tool(
@@ -151,13 +140,39 @@ def register_tools(server: FluxServer) -> None:
         job_id to pass to check_status (the job keeps running and nothing is lost). Costs money: over
         the user's limits the user is asked first (max_cost_usd can only lower the limit).
         """
+        return await _run_and_wait(ctx, params, approval)
+
+    @_tool(server, "edit_image", EditParams, title="Edit image", annotations=_EDIT)
+    async def edit_image(
+        params: EditParams,
+        ctx: Context[AppState],
+        approval: Annotated[Approval, Resolve(edit_spend_approval)],
+    ) -> Annotated[CallToolResult, JobResult]:
+        """Edit an image by describing the change ('make it brighter', 'remove the car'), on fal.ai.
+
+        Give the image as image_url (or several as image_urls): an https URL, a local file, or a previous
+        result flux://images/{{job_id}}/{{index}} (so 'make it brighter' works on the last image). With
+        mask_url only the mask's white part changes. The model is chosen for the inputs unless given,
+        and the result says which. Waits up to {wait_seconds} seconds like generate_image; costs money.
+        """
+        choice = choose_editor(params.model, params.image_url, params.image_urls, params.mask_url)
+        return await _run_and_wait(ctx, as_generation(params, choice), approval, choice=choice)
+
+    async def _run_and_wait(
+        ctx: Context[AppState],
+        params: GenerationParams,
+        approval: Approval,
+        *,
+        choice: EditorChoice | None = None,
+    ) -> CallToolResult:
+        """Submit, follow with progress up to the wait limit, and answer; a job never becomes a bare error."""
         state = _state(ctx)
         progress = Progress(ctx)
         with _tool_errors():
             record = await submit(
                 state.jobs,
                 params,
-                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 approval=approval_of(approval),
             )
         await progress.say(f"Submitted job {record.job_id} to {record.endpoint_id}")
@@ -177,11 +192,12 @@ def register_tools(server: FluxServer) -> None:
                     f"call check_status with job_id '{record.job_id}'."
                 }
             )
-            return await job_result(state, record, result=result)
+            return await job_result(state, record, result=_with_choice(result, choice))
         if not record.is_terminal:
             state.jobs.follow_in_background(record)
-            return await job_result(state, record, result=state.jobs.describe(record, waited=wait))
-        return await job_result(state, record)
+            result = state.jobs.describe(record, waited=wait)
+            return await job_result(state, record, result=_with_choice(result, choice))
+        return await job_result(state, record, result=_with_choice(state.jobs.describe(record), choice))
 
     @_tool(server, "submit_job", SubmitParams, title="Submit image job", annotations=_SUBMIT)
     async def submit_job(
@@ -199,7 +215,7 @@ def register_tools(server: FluxServer) -> None:
             record = await submit(
                 state.jobs,
                 params,
-                allowed_dirs=functools.partial(_allowed_dirs, ctx, state),
+                allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 webhook_url=params.webhook_url,
                 approval=approval_of(approval),
             )
@@ -277,7 +293,7 @@ def register_tools(server: FluxServer) -> None:
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
-                dirs = await _allowed_dirs(ctx, state)
+                dirs = await allowed_dirs(ctx, state)
                 hard_links = state.settings.allow_hard_links
                 with await open_local_image(params.path, dirs, limit, allow_hard_links=hard_links) as local:
                     url = await state.jobs.fal.upload_from_file(
@@ -306,27 +322,10 @@ def register_tools(server: FluxServer) -> None:
         annotations=_READ.model_copy(update={"title": "List models"}),
     )
     async def list_models(params: NoParams, ctx: Context[AppState]) -> ModelList:
-        """The FLUX models available: what each is for, its parameters, price (and where it came from) and typical time."""
-        prices = _state(ctx).jobs.prices
-        summaries = []
-        for info in MODELS.values():
-            price, source = await prices.unit_price(info)
-            summaries.append(
-                ModelSummary(
-                    id=info.endpoint_id,
-                    title=info.title,
-                    task=info.task,
-                    description=info.description,
-                    parameters=tool_fields_for(info),
-                    requires_image=info.requires_image,
-                    price_usd=price,
-                    price_unit=info.price_unit,
-                    price_source=source,
-                    typical_seconds=info.typical_seconds,
-                    price_note=info.price_note,
-                )
-            )
-        return ModelList(default_model=DEFAULT_MODEL, models=summaries)
+        """The FLUX models available, grouped by task (text-to-image, image-edit, multi-image-edit,
+        inpaint, image-variation): what each is for, the inputs it needs, its parameters, what it costs
+        (and where that price came from) and its typical time."""
+        return await model_list(_state(ctx).jobs.prices)
 
     @_tool(
         server,

@@ -1,29 +1,28 @@
-"""Pydantic models of fal's FLUX endpoints: the inputs they accept and the output they return.
-
-These are the single source of truth for what a fal endpoint takes. The client validates a request
-with them before it is sent (so a bad value costs nothing), the emulator validates with the very same
-models (so it rejects what fal rejects), and the MCP layer derives its checks from them.
+"""What fal's FLUX endpoints share: enums, sizes, field definitions, the input base and the output.
 
 Field names, defaults, enums and bounds follow fal's published schemas (each model's API page on
-fal.ai). Input models forbid unknown fields: whether fal ignores or rejects them is not known, and
-a field silently dropped is a parameter the user believes they set.
+fal.ai). Each description and bound is written once here and reused by every endpoint that has it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 AspectRatio: TypeAlias = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
 ImageSizePreset: TypeAlias = Literal[
     "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
 ]
+#: The FLUX.2 edit endpoints also take ``auto``: the model picks the size from the input images.
+EditImageSizePreset: TypeAlias = Literal[
+    "auto", "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
+]
 OutputFormat: TypeAlias = Literal["jpeg", "png"]
 SafetyTolerance: TypeAlias = Literal["1", "2", "3", "4", "5", "6"]
+#: FLUX.2 stops at "5".
+Flux2SafetyTolerance: TypeAlias = Literal["1", "2", "3", "4", "5"]
 Acceleration: TypeAlias = Literal["none", "regular", "high"]
 
 ASPECT_RATIOS: tuple[str, ...] = AspectRatio.__args__  # type: ignore[attr-defined]
@@ -69,6 +68,15 @@ def size_for_aspect_ratio(aspect_ratio: str, megapixels: float = 1.0) -> tuple[i
     (just over one) would cost twice what 1,552 x 656 does.
     """
     w_ratio, h_ratio = _parse_ratio(aspect_ratio)
+    return _fit(w_ratio, h_ratio, megapixels)
+
+
+def size_like(width: int, height: int, megapixels: float = 1.0) -> tuple[int, int]:
+    """At most ``megapixels`` in the proportions of a ``width`` x ``height`` image, in multiples of 16."""
+    return _fit(max(1, width), max(1, height), megapixels)
+
+
+def _fit(w_ratio: int, h_ratio: int, megapixels: float) -> tuple[int, int]:
     pixels = megapixels * 1024 * 1024
     height = math.sqrt(pixels * h_ratio / w_ratio)
     width = height * w_ratio / h_ratio
@@ -103,6 +111,7 @@ def _ratio(width: int, height: int) -> tuple[int, int]:
 # Field definitions shared by several endpoints (one place for each description and bound).
 
 Prompt = Annotated[str, Field(description="What the image should show.")]
+EditPrompt = Annotated[str, Field(description="The edit to make, e.g. 'make the sky stormy'.")]
 OptionalPrompt = Annotated[str, Field(description="Optional text to steer the variation.")]
 Seed = Annotated[
     int | None,
@@ -118,9 +127,18 @@ Tolerance = Annotated[
     SafetyTolerance,
     Field(description="Moderation level as a string, '1' (strictest) to '6' (most permissive)."),
 ]
+Flux2Tolerance = Annotated[
+    Flux2SafetyTolerance,
+    Field(description="Moderation level as a string, '1' (strictest) to '5' (most permissive)."),
+]
 EnhancePrompt = Annotated[bool, Field(description="Let the model rewrite the prompt for more detail.")]
 SafetyChecker = Annotated[bool, Field(description="Check output for NSFW content and black it out.")]
 ImageUrl = Annotated[str, Field(min_length=1, description="URL (or data URI) of the input image.")]
+ImageUrls = Annotated[list[str], Field(description="URLs (or data URIs) of the input images.")]
+MaskUrl = Annotated[
+    str,
+    Field(min_length=1, description="URL of the mask: white where the image changes, the image's size."),
+]
 ImagePromptStrength = Annotated[
     float, Field(ge=0, le=1, description="How strongly the image prompt steers the result (0-1).")
 ]
@@ -130,95 +148,26 @@ SizeField = Annotated[
     ImageSizePreset | ImageSize,
     Field(description="Output size: a preset name or an explicit {width, height}."),
 ]
+EditSizeField = Annotated[
+    EditImageSizePreset | ImageSize,
+    Field(
+        description="Output size: 'auto' (chosen from the input), a preset or an explicit {width, height}."
+    ),
+]
 AspectField = Annotated[AspectRatio, Field(description="Aspect ratio of the output.")]
+OptionalAspect = Annotated[
+    AspectRatio | None, Field(description="Aspect ratio of the output; default follows the input.")
+]
 
 
 class FalInput(BaseModel):
-    """Base of every endpoint input: unknown fields are an error, not silently dropped."""
+    """Base of every endpoint input: unknown fields are an error, not silently dropped.
+
+    Whether fal ignores or rejects unknown fields is not known, and a field silently dropped is a
+    parameter the user believes they set.
+    """
 
     model_config = ConfigDict(extra="forbid")
-
-
-class _ProBase(FalInput):
-    seed: Seed = None
-    sync_mode: SyncMode = False
-    num_images: NumImages = 1
-    output_format: Format = "jpeg"
-    safety_tolerance: Tolerance = "2"
-    enhance_prompt: EnhancePrompt = False
-
-
-class FluxProUltraInput(_ProBase):
-    """``fal-ai/flux-pro/v1.1-ultra``: text to image at about 4 megapixels, sized by aspect ratio."""
-
-    prompt: Prompt
-    aspect_ratio: AspectField = "16:9"
-    raw: Annotated[bool, Field(description="Less processed, more natural-looking output.")] = False
-    image_url: Annotated[str | None, Field(description="Optional image prompt (URL).")] = None
-    image_prompt_strength: ImagePromptStrength = 0.1
-    enable_safety_checker: SafetyChecker = True
-
-
-class FluxProUltraReduxInput(_ProBase):
-    """``fal-ai/flux-pro/v1.1-ultra/redux``: variations of an image at ultra resolution."""
-
-    image_url: ImageUrl
-    prompt: OptionalPrompt = ""
-    aspect_ratio: AspectField = "16:9"
-    raw: Annotated[bool, Field(description="Less processed, more natural-looking output.")] = False
-    image_prompt_strength: ImagePromptStrength = 0.1
-    enable_safety_checker: SafetyChecker = True
-
-
-class FluxProV11Input(_ProBase):
-    """``fal-ai/flux-pro/v1.1``: text to image, sized by ``image_size``."""
-
-    prompt: Prompt
-    image_size: SizeField = "landscape_4_3"
-
-
-class FluxProReduxInput(_ProBase):
-    """``fal-ai/flux-pro/v1.1/redux`` and ``fal-ai/flux-pro/v1/redux``: variations of an image."""
-
-    image_url: ImageUrl
-    prompt: OptionalPrompt = ""
-    image_size: SizeField = "landscape_4_3"
-    num_inference_steps: Steps = 28
-    guidance_scale: Guidance = 3.5
-
-
-class FluxKontextInput(_ProBase):
-    """``fal-ai/flux-pro/kontext``: edit an image by instruction."""
-
-    prompt: Annotated[str, Field(description="The edit to make, e.g. 'make the sky stormy'.")]
-    image_url: ImageUrl
-    guidance_scale: Guidance = 3.5
-    aspect_ratio: Annotated[
-        AspectRatio | None, Field(description="Aspect ratio of the output; default follows the input.")
-    ] = None
-
-
-class FluxDevInput(FalInput):
-    """``fal-ai/flux/dev``: the open-weights 12B model, text to image."""
-
-    prompt: Prompt
-    image_size: SizeField = "landscape_4_3"
-    num_inference_steps: Steps = 28
-    seed: Seed = None
-    guidance_scale: Guidance = 3.5
-    sync_mode: SyncMode = False
-    num_images: NumImages = 1
-    enable_safety_checker: SafetyChecker = True
-    output_format: Format = "jpeg"
-    acceleration: Annotated[Acceleration, Field(description="Speed/quality trade-off.")] = "none"
-
-
-class FluxSchnellInput(FluxDevInput):
-    """``fal-ai/flux/schnell``: the fast distilled model, 1-12 steps."""
-
-    num_inference_steps: Annotated[
-        int, Field(ge=1, le=12, description="Number of inference steps (1-12).")
-    ] = 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +188,10 @@ class FalImage(BaseModel):
 
 
 class FluxOutput(BaseModel):
-    """The result of every FLUX endpoint. ``has_nsfw_concepts[i]`` is true when image ``i`` was blacked out."""
+    """The result of every FLUX endpoint. ``has_nsfw_concepts[i]`` is true when image ``i`` was blacked out.
+
+    FLUX.2's endpoints answer only ``images`` and ``seed``; the other keys then keep their defaults.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -248,39 +200,3 @@ class FluxOutput(BaseModel):
     seed: int
     has_nsfw_concepts: list[bool] = Field(default_factory=list)
     prompt: str = ""
-
-
-INPUT_MODELS: dict[str, type[FalInput]] = {
-    "fal-ai/flux-pro/v1.1-ultra": FluxProUltraInput,
-    "fal-ai/flux-pro/v1.1-ultra/redux": FluxProUltraReduxInput,
-    "fal-ai/flux-pro/v1.1": FluxProV11Input,
-    "fal-ai/flux-pro/v1.1/redux": FluxProReduxInput,
-    "fal-ai/flux-pro/v1/redux": FluxProReduxInput,
-    "fal-ai/flux-pro/kontext": FluxKontextInput,
-    "fal-ai/flux/dev": FluxDevInput,
-    "fal-ai/flux/schnell": FluxSchnellInput,
-}
-
-
-def field_errors(exc: PydanticValidationError, *, include_input: bool = False) -> list[dict[str, Any]]:
-    """A validation failure as fal reports it: FastAPI's 422 ``detail`` entries, under ``loc: ["body", ...]``.
-
-    Shared by the client's pre-check and the emulator, so both describe a bad field the same way.
-    """
-    errors: list[dict[str, Any]] = json.loads(exc.json(include_url=False, include_input=include_input))
-    for error in errors:
-        error["loc"] = ["body", *error.get("loc", [])]
-    return errors
-
-
-def output_size(endpoint_id: str, arguments: FalInput) -> tuple[int, int]:
-    """The (width, height) an endpoint renders for ``arguments``: what the cost and the emulator rest on."""
-    aspect_ratio = getattr(arguments, "aspect_ratio", None)
-    if endpoint_id.startswith("fal-ai/flux-pro/v1.1-ultra"):
-        return ULTRA_PIXELS[aspect_ratio or "16:9"]
-    image_size = getattr(arguments, "image_size", None)
-    if isinstance(image_size, ImageSize):
-        return image_size.width, image_size.height
-    if isinstance(image_size, str):
-        return PRESET_PIXELS[image_size]
-    return size_for_aspect_ratio(aspect_ratio or "1:1")
