@@ -175,11 +175,13 @@ async def lags(
 
 async def concurrent(
     params: StdioServerParameters, run: Callable[[Client, int], Awaitable[None]], jobs: int
-) -> tuple[float, float, float]:
-    """Wall time, the spread of finishing times, and peak RSS (MiB) of a new server for ``jobs`` at once."""
+) -> tuple[float, float, float, float]:
+    """Wall time, spread of finishing times, peak RSS (MiB) and CPU seconds of a new server, ``jobs`` at once."""
     finished: list[float] = []
     async with Client(params, mode="legacy") as client:
         await client.list_tools()
+        pid = only_child()
+        cpu_before = cpu_seconds(pid)
 
         async def one(index: int) -> None:
             await run(client, index)
@@ -190,9 +192,10 @@ async def concurrent(
             for index in range(jobs):
                 group.start_soon(one, index)
         wall = time.perf_counter() - started
-        peak = memory_kib(only_child()) / 1024
+        peak = memory_kib(pid) / 1024
+        cpu = cpu_seconds(pid) - cpu_before
     finished.sort()
-    return wall, finished[-1] - finished[0], peak
+    return wall, finished[-1] - finished[0], peak, cpu
 
 
 async def soak(
@@ -228,11 +231,11 @@ def row(what: str, ours: float, floor: float | None, unit: str, target: str) -> 
     print(f"  {what:<44} {ours:9.1f} {unit:<3} {floor_text} {ratio}   target {target}")
 
 
-async def one_run(number: int, soak_jobs: int) -> None:
-    config = EmulatorConfig(look="photo", job_seconds=1.0, render_cache=600)
+async def one_run(number: int, soak_jobs: int, look: str, concurrency: list[int]) -> None:
+    config = EmulatorConfig(look=look, job_seconds=1.0, render_cache=600)
     with tempfile.TemporaryDirectory() as tmp, Emulator(config) as emulator:
         servers = Servers(emulator, Path(tmp))
-        print(f"run {number}: {'':<40} {'fal-flux-mcp':>13} {'floor':>13}  ratio")
+        print(f"run {number}, {look} images: {'':<27} {'fal-flux-mcp':>13} {'floor':>13}  ratio")
         seed = 100_000 * number
         ours = await lags(emulator, servers.ours(), ours_call, first_seed=seed, warm=20)
         floor = await lags(emulator, servers.floor(), floor_call, first_seed=seed, warm=20)
@@ -251,7 +254,7 @@ async def one_run(number: int, soak_jobs: int) -> None:
         row("server CPU per 1-image ultra job", ours["cpu"], floor["cpu"], "ms", "<= 20 ms")
 
         emulator.config.job_seconds = 2.0
-        for jobs in (10, 50, 200):
+        for jobs in concurrency:
             base = seed + 10_000 * jobs
 
             async def warm_up(client: Client, index: int, base: int = base) -> None:
@@ -264,12 +267,15 @@ async def one_run(number: int, soak_jobs: int) -> None:
                 await client.call_tool("sleep", {"seconds": 2.0})
 
             await concurrent(servers.floor(), warm_up, jobs)
-            ours_wall, ours_spread, ours_peak = await concurrent(servers.ours(), generate, jobs)
-            floor_wall, floor_spread, floor_peak = await concurrent(servers.floor(), sleep, jobs)
-            targets = {10: ("", "<= 100 MiB"), 50: ("<= 1.4x", ""), 200: ("<= 2.2x", "<= 150 MiB")}
-            row(f"{jobs} concurrent 2 s jobs, wall", ours_wall, floor_wall, "s", targets[jobs][0] or "-")
+            ours_wall, ours_spread, ours_peak, ours_cpu = await concurrent(servers.ours(), generate, jobs)
+            floor_wall, floor_spread, floor_peak, floor_cpu = await concurrent(servers.floor(), sleep, jobs)
+            targets = {10: ("", "<= 100 MiB"), 50: ("<= 1.4x", ""), 200: ("<= 2.2x", "<= 150 MiB")}.get(
+                jobs, ("", "")
+            )
+            row(f"{jobs} concurrent 2 s jobs, wall", ours_wall, floor_wall, "s", targets[0] or "-")
             row("  first to last result", ours_spread, floor_spread, "s", "-")
-            row("  server peak RSS", ours_peak, floor_peak, "MiB", targets[jobs][1] or "-")
+            row("  server peak RSS", ours_peak, floor_peak, "MiB", targets[1] or "-")
+            row("  server CPU, all jobs", ours_cpu, floor_cpu, "s", "-")
 
         if soak_jobs:
             emulator.config.job_seconds = 0.5
@@ -287,14 +293,17 @@ async def one_run(number: int, soak_jobs: int) -> None:
         print()
 
 
-async def main(runs: int, soak_jobs: int) -> None:
+async def main(runs: int, soak_jobs: int, look: str, concurrency: list[int]) -> None:
     for number in range(1, runs + 1):
-        await one_run(number, soak_jobs)
+        await one_run(number, soak_jobs, look, concurrency)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--soak", type=int, default=1000, help="jobs in the soak (0: no soak)")
+    parser.add_argument("--look", choices=("photo", "flat"), default="photo", help="the emulator's images")
+    parser.add_argument("--concurrency", default="10,50,200", help="concurrent job counts, comma-separated")
     arguments = parser.parse_args()
-    anyio.run(main, arguments.runs, arguments.soak)
+    counts = [int(count) for count in arguments.concurrency.split(",") if count]
+    anyio.run(main, arguments.runs, arguments.soak, arguments.look, counts)

@@ -248,6 +248,7 @@ def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(
     db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
     for table in ("jobs", "intents"):
         db.execute(f"ALTER TABLE {table} DROP COLUMN input_megapixels")
+    db.execute("DROP TABLE spend")  # came with schema 6
     db.execute("PRAGMA user_version = 4")
     db.commit()
     db.close()

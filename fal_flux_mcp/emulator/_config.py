@@ -190,6 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=EmulatorConfig.model_fields["look"].default,
         help="how images are drawn: flat shapes (fast), or with a photo's texture and grain (realistic sizes)",
     )
+    parser.add_argument(
+        "--render-cache",
+        type=int,
+        default=EmulatorConfig.model_fields["render_cache"].default,
+        help="how many rendered files to keep for repeated prompts and seeds",
+    )
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(
         "--key",
@@ -207,5 +213,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_arguments(args: argparse.Namespace) -> EmulatorConfig:
     """The knobs the command line asked for; the rest keep their defaults."""
     return EmulatorConfig(
-        key=args.key, accept_any_key=args.any_key, job_seconds=args.job_seconds, look=args.look
+        key=args.key,
+        accept_any_key=args.any_key,
+        job_seconds=args.job_seconds,
+        look=args.look,
+        render_cache=args.render_cache,
     )
