@@ -31,6 +31,7 @@ from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.registry import DEFAULT_MODEL, MODELS
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._approval import Approval, approval_of, spend_approval
+from fal_flux_mcp.server._apps import tool_meta
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._file_uris import roots_to_dirs
@@ -127,9 +128,9 @@ def _tool(
             wait_seconds=f"{server.flux_settings.wait_seconds:g}"
         )
         server.argument_models[name] = params
-        return server.tool(name=name, title=title, annotations=annotations, description=description)(
-            flat_arguments(params)(fn)
-        )
+        return server.tool(
+            name=name, title=title, annotations=annotations, description=description, meta=tool_meta(name)
+        )(flat_arguments(params)(fn))
 
     return decorate
 
