@@ -8,6 +8,9 @@ binding any other address without a token is refused: an open image server on a 
 owner's fal credit for anyone who finds it. There the token is the protection, and the Host is not
 checked: a browser never sends the token on its own, so a rebound page cannot use the server, while the
 names a network server is reached by (DNS names, proxies) are not knowable here.
+
+The web gallery is served at ``/gallery`` beside the MCP endpoint, behind the same token and checks
+(see ``fal_flux_mcp.gallery._web`` for how a browser presents the token).
 """
 
 from __future__ import annotations
@@ -123,7 +126,25 @@ def http_app(
         app: ASGIApp = server.sse_app(host=host, transport_security=security)
     else:
         app = server.streamable_http_app(host=host, transport_security=security)
-    return BearerTokenMiddleware(app, token) if token else app
+    from fal_flux_mcp.gallery._web import gallery_app
+
+    gallery = gallery_app(lambda: server.state.jobs if server.state else None, security, token)
+    return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery)
+
+
+class WithGallery:
+    """``/gallery`` and below to the gallery (which checks its own token), the rest to the MCP app."""
+
+    def __init__(self, app: ASGIApp, gallery: ASGIApp) -> None:
+        self.app = app
+        self.gallery = gallery
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/gallery" or path.startswith("/gallery/"):
+            await self.gallery(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def serve_http(server: FluxServer, transport: HttpTransport, *, host: str, port: int) -> None:

@@ -1,0 +1,56 @@
+"""``fal-flux-mcp gallery``: the web gallery on 127.0.0.1, for people whose client runs the server on stdio.
+
+It reads the journal and the output folder the MCP server writes (the files are shared safely between
+processes), so it shows jobs made by any fal-flux-mcp process on this machine, live. The page needs a
+token, as over HTTP: ``FLUX_MCP_HTTP_TOKEN`` if set, else a new one for this run, in the printed address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import socket
+import sys
+import webbrowser
+
+import anyio
+import uvicorn
+
+from fal_flux_mcp.gallery._web import gallery_app
+from fal_flux_mcp.server._http import loopback_security
+from fal_flux_mcp.server._jobs import JobService
+from fal_flux_mcp.server._journal import Journal
+from fal_flux_mcp.settings import Settings
+
+HOST = "127.0.0.1"
+
+
+def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
+    """Serve the gallery until Ctrl-C; prints its address (with the token) on stdout."""
+    token = settings.http_token.get_secret_value() if settings.http_token else secrets.token_urlsafe(18)
+    sock = socket.socket(socket.AF_INET)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        print(f"fal-flux-mcp: cannot serve the gallery on {HOST}:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    bound = sock.getsockname()[1]
+    journal = Journal(settings.state_dir / "jobs.sqlite3")
+    jobs = JobService(settings, journal)
+    try:
+        app = gallery_app(lambda: jobs, loopback_security(HOST, bound), token)
+        url = f"http://{HOST}:{bound}/gallery?token={token}"
+        print(url, flush=True)
+        print("fal-flux-mcp: serving the gallery at the address above; Ctrl-C stops it", file=sys.stderr)
+        if open_browser:
+            webbrowser.open(url)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+        )
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it stopped on
+            server.run(sockets=[sock])
+    finally:
+        anyio.run(jobs.aclose)
+        journal.close()
+        sock.close()
+    return 0
