@@ -61,3 +61,13 @@ def spread(shown: bytes) -> float:
     """Standard deviation of a screenshot's pixels: near 0 for a blank or single-colour area."""
     with Image.open(io.BytesIO(shown)) as image:
         return sum(ImageStat.Stat(image.convert("RGB")).stddev) / 3
+
+
+def square(data: bytes) -> bytes:
+    """The middle square of an image (PNG), as a grid that crops its tiles to squares shows it."""
+    with Image.open(io.BytesIO(data)) as image:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        buffer = io.BytesIO()
+        image.crop((left, top, left + side, top + side)).save(buffer, "PNG")
+    return buffer.getvalue()

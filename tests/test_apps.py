@@ -19,12 +19,13 @@ from mcp.types import CallToolResult, TextResourceContents
 
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
-from tests.browser import browser_page, difference, spread
+from tests.browser import browser_page, difference, spread, square
 
 pytestmark = pytest.mark.anyio
 
 APP_MIME = "text/html;profile=mcp-app"
 JOB_APP = "ui://fal-flux-mcp/job"
+GALLERY_APP = "ui://fal-flux-mcp/gallery"
 HOST_PAGE = Path(__file__).with_name("app_host.html")
 
 
@@ -45,9 +46,10 @@ async def test_tools_link_the_app_only_for_clients_that_advertise_apps(settings:
 
     for name in ("generate_image", "check_status"):
         assert with_apps[name].meta == {"ui": {"resourceUri": JOB_APP}}
-    assert JOB_APP in resources
+    assert with_apps["open_gallery"].meta == {"ui": {"resourceUri": GALLERY_APP}}
+    assert {JOB_APP, GALLERY_APP} <= resources
     # Without the extension: the tools and resources as they were before Apps, no _meta at all.
-    assert set(plain) == set(with_apps)
+    assert set(plain) == set(with_apps) - {"open_gallery"}  # it only opens the app
     assert all(tool.meta is None for tool in plain.values())
     assert not any(uri.startswith("ui://") for uri in plain_resources)
     for name, tool in plain.items():
@@ -90,7 +92,9 @@ async def generated_for_app(settings: Settings, arguments: dict[str, Any]) -> tu
     return result, page.text, (page.meta or {})["ui"]["csp"]
 
 
-async def start_app(page: Any, html: str, csp: Any, arguments: dict[str, Any], result: CallToolResult) -> Any:
+async def start_app(
+    page: Any, html: str, csp: Any, arguments: dict[str, Any], result: CallToolResult, theme: str = "light"
+) -> Any:
     """The host page with the app running in it; returns the app's frame."""
     await page.set_content(HOST_PAGE.read_text())
     await page.evaluate(
@@ -100,7 +104,7 @@ async def start_app(page: Any, html: str, csp: Any, arguments: dict[str, Any], r
             "csp": csp,
             "toolInput": arguments,
             "toolResult": result.model_dump(by_alias=True, exclude_none=True, mode="json"),
-            "theme": "light",
+            "theme": theme,
         },
     )
     return page.frame_locator("#app")
@@ -167,3 +171,44 @@ async def test_job_app_draws_the_images_and_its_actions_reach_the_host(
 
         await app.get_by_role("button", name="Copy seed").click()
         await app.get_by_text("Seed 7").wait_for()
+
+
+async def test_gallery_app_shows_recent_images_filters_by_model_and_shows_spend(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with apps_client(settings) as client:
+        made = []
+        for prompt, model in (
+            ("a paper boat", "fal-ai/flux/schnell"),
+            ("a glass greenhouse", "fal-ai/flux/dev"),
+        ):
+            result = await client.call_tool("generate_image", {"prompt": prompt, "model": model, "seed": 9})
+            preview = next(block for block in result.content if block.type == "image")
+            made.append((result.structured_content, base64.b64decode(preview.data)))
+        opened = await client.call_tool("open_gallery", {})
+        (page_content,) = (await client.read_resource(GALLERY_APP)).contents
+    assert not opened.is_error and opened.structured_content is not None
+    assert [job["job_id"] for job in opened.structured_content["jobs"]] == [
+        made[1][0]["job_id"],
+        made[0][0]["job_id"],
+    ]
+    assert isinstance(page_content, TextResourceContents)
+    csp = (page_content.meta or {})["ui"]["csp"]
+
+    async with browser_page(tmp_path) as page:
+        app = await start_app(page, page_content.text, csp, {}, opened)
+        for job, preview in made:
+            image = app.locator(f'li[data-job="{job["job_id"]}"] img')
+            await image.evaluate("img => img.decode()")
+            assert await image.get_attribute("alt") == job["prompt"]
+            shot = await image.screenshot()
+            assert spread(shot) > 10 and difference(shot, square(preview)) < 12
+        await app.get_by_label("Model").select_option("fal-ai/flux/dev")
+        await app.get_by_text("1 of 2 jobs shown").wait_for()
+        assert await app.locator("#thumbs li").count() == 1
+        assert "today" in await app.locator("#spend").inner_text()
+
+        await app.get_by_role("button", name="Show a glass greenhouse").click()
+        await app.get_by_role("button", name="Download").click()
+        (download,) = await host_got(page, "ui/download-file")
+        assert download["params"]["contents"][0]["uri"] == made[1][0]["images"][0]["url"]

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from fal_flux_mcp.server import build_server, http_app
 from fal_flux_mcp.settings import Settings
-from tests.browser import browser_page, difference, spread
+from tests.browser import browser_page, difference, spread, square
 from tests.serving import serve
 from tests.test_server_transports import server_env
 
@@ -34,12 +34,14 @@ pytestmark = pytest.mark.anyio
 TOKEN = "gallery-token"
 
 
-async def generate(origin: str, prompt: str, seed: int) -> dict[str, Any]:
+async def generate(
+    origin: str, prompt: str, seed: int, model: str = "fal-ai/flux/schnell", **more: Any
+) -> dict[str, Any]:
     """One generation through MCP over HTTP, with the token; returns the result and its first preview."""
     authorised = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"})
     async with authorised, Client(streamable_http_client(f"{origin}/mcp", http_client=authorised)) as client:
         result = await client.call_tool(
-            "generate_image", {"prompt": prompt, "model": "fal-ai/flux/schnell", "seed": seed}
+            "generate_image", {"prompt": prompt, "model": model, "seed": seed, **more}
         )
     assert not result.is_error and result.structured_content is not None
     preview = next(block for block in result.content if block.type == "image")
@@ -55,20 +57,7 @@ async def shows(page: Any, job: dict[str, Any]) -> None:
     shot = await image.screenshot()
     assert spread(shot) > 10, "the image area is blank"
     # The card crops to a square: compare with the preview cropped the same way.
-    assert difference(shot, crop_square(job["preview"])) < 12, "the image shown is not the job's image"
-
-
-def crop_square(data: bytes) -> bytes:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        buffer = io.BytesIO()
-        image.crop((left, top, left + side, top + side)).save(buffer, "PNG")
-    return buffer.getvalue()
+    assert difference(shot, square(job["preview"])) < 12, "the image shown is not the job's image"
 
 
 async def test_gallery_on_http_shows_jobs_updates_live_and_has_job_and_spend_pages(
@@ -107,6 +96,8 @@ async def test_gallery_on_http_shows_jobs_updates_live_and_has_job_and_spend_pag
                 "arguments": call["arguments"] | {"prompt": first["prompt"], "seed": 11},
             }
             assert call["arguments"]["model"] == "fal-ai/flux/schnell"
+            again = await generate(origin, **call["arguments"])  # the copied call works as it is
+            assert again["seed"] == 11 and difference(again["preview"], first["preview"]) < 2
             assert "seed" in await page.locator(".arguments").inner_text()
             await page.get_by_role("heading", name="Logs").wait_for()
             await page.get_by_role("button", name="Copy as tool call").wait_for()
@@ -170,3 +161,29 @@ async def test_gallery_command_serves_the_journal_on_loopback(settings: Settings
         async with browser_page(tmp_path) as page:
             await page.goto(url)
             await shows(page, job)
+
+
+def brightness(shot: bytes) -> float:
+    import io
+
+    from PIL import Image, ImageStat
+
+    with Image.open(io.BytesIO(shot)) as image:
+        return sum(ImageStat.Stat(image.convert("L")).mean)
+
+
+async def test_gallery_follows_the_system_theme_and_the_theme_button(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+        async with browser_page(tmp_path, color_scheme="dark") as page:
+            await page.goto(f"{origin}/gallery")
+            heading = page.get_by_role("heading", name="Recent images")
+            assert brightness(await heading.screenshot()) < 80, "a dark system should get the dark theme"
+            await page.get_by_role("button", name="Light theme").click()
+            assert brightness(await heading.screenshot()) > 170
+            await page.reload()  # the choice is remembered
+            assert brightness(await heading.screenshot()) > 170
+            # Keyboard users reach the content first.
+            await page.keyboard.press("Tab")
+            assert await page.evaluate("document.activeElement.textContent") == "Skip to content"

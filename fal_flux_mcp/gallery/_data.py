@@ -15,31 +15,25 @@ import anyio
 
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord
-from fal_flux_mcp.server._schemas import GenerationParams, JobResult
+from fal_flux_mcp.server._overview import described, recent
+from fal_flux_mcp.server._schemas import GenerationParams
+
+__all__ = [
+    "RECENT_JOBS",
+    "DaySpend",
+    "described",
+    "finished_since",
+    "latest_finish",
+    "logs",
+    "recent",
+    "spend_by_day",
+    "tool_call",
+]
 
 #: How many jobs the grid shows.
 RECENT_JOBS = 60
 #: How long the job page waits for fal's logs before showing the page without them.
 LOGS_SECONDS = 5.0
-
-
-def recent(jobs: JobService, limit: int = RECENT_JOBS) -> list[JobResult]:
-    """The most recent completed jobs with images, newest first."""
-    rows = jobs.journal.read(
-        "SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY completed_at DESC, rowid DESC LIMIT ?",
-        (limit,),
-    )
-    return [job for row in rows if (job := describe(jobs, row["job_id"])) is not None and job.images]
-
-
-def describe(jobs: JobService, job_id: str) -> JobResult | None:
-    """A job as the tools describe it, with its cost; None if the journal has no such job."""
-    record = jobs.journal.get(job_id)
-    if record is None:
-        return None
-    return jobs.describe(record).model_copy(
-        update={"cost_usd": record.cost_usd, "price_source": record.price_source}
-    )
 
 
 def finished_since(jobs: JobService, since: str) -> tuple[list[str], str]:

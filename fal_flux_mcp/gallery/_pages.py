@@ -7,6 +7,7 @@ works without it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from html import escape
 from importlib.resources import files
@@ -59,6 +60,11 @@ def _facts(job: JobResult) -> str:
     return " · ".join(part for part in parts if part)
 
 
+def _shown(value: object) -> str:
+    """An argument as it was sent: strings bare, the rest as JSON (true, not Python's True)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def card(job: JobResult, image: ImageInfo) -> str:
     """One image in the grid: the preview, linking to its job, with prompt, model, seed, cost and date."""
     job_id = escape(job.job_id)
@@ -105,7 +111,7 @@ def job_page(
             f'<a href="{escape(image.url)}" rel="noreferrer">fal\'s copy</a></figcaption></figure>'
         )
     rows = "".join(
-        f"<dt>{escape(name)}</dt><dd><code>{escape(str(value))}</code></dd>"
+        f"<dt>{escape(name)}</dt><dd><code>{escape(_shown(value))}</code></dd>"
         for name, value in arguments.items()
     )
     log_text = (
@@ -113,11 +119,11 @@ def job_page(
         if logs
         else f'<p class="muted">{escape(why or "fal kept no log lines for this job.")}</p>'
     )
-    cost = f"{usd(job.cost_usd)} ({escape(job.price_source or '')})" if job.cost_usd is not None else ""
+    source = f" · price from {escape(job.price_source)}" if job.price_source else ""
     body = (
         f"<h1>{escape(job.prompt[:80] or job.job_id)}</h1>"
         f'<p class="muted">Job <code>{escape(job.job_id)}</code> · {escape(job.status)} · {_facts(job)}'
-        f"{' · ' + cost if cost else ''}</p>"
+        f"{source}</p>"
         f"{''.join(figures) or f'<p>{escape(job.error or job.message)}</p>'}"
         f'<h2>Arguments</h2><dl class="arguments">{rows}</dl>'
         f'<h2>Tool call</h2><pre id="call">{escape(call)}</pre>'

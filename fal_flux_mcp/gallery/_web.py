@@ -59,11 +59,11 @@ def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: st
 
     async def index(request: Request) -> Response:
         service = source()
-        return _html(_pages.grid(_data.recent(service), _data.latest_finish(service)))
+        return _html(_pages.grid(_data.recent(service, _data.RECENT_JOBS), _data.latest_finish(service)))
 
     async def job(request: Request) -> Response:
         service = source()
-        found = _data.describe(service, request.path_params["job_id"])
+        found = _data.described(service, request.path_params["job_id"])
         record = service.journal.get(request.path_params["job_id"])
         if found is None or record is None:
             return _html(_pages.page("Not found", "<h1>No such job</h1>"), status=404)
@@ -72,7 +72,7 @@ def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: st
         return _html(_pages.job_page(found, dict(record.arguments), call, lines, why))
 
     async def card(request: Request) -> Response:
-        found = _data.describe(source(), request.path_params["job_id"])
+        found = _data.described(source(), request.path_params["job_id"])
         if found is None:
             return _html("", status=404)
         return _html(_pages.cards(found))
@@ -87,7 +87,7 @@ def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: st
         job_id, index = request.path_params["job_id"], request.path_params["index"]
         try:
             if request.query_params.get("preview"):
-                found = _data.describe(service, job_id)
+                found = _data.described(service, job_id)
                 images = found.images if found else []
                 previews = await service.saver.previews(job_id, [i for i in images if i.index == index])
                 if previews:

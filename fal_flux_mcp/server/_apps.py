@@ -24,6 +24,7 @@ GALLERY_APP = "ui://fal-flux-mcp/gallery"
 APP_OF_TOOL: dict[str, str] = {
     "generate_image": JOB_APP,
     "check_status": JOB_APP,
+    "open_gallery": GALLERY_APP,
 }
 
 #: Tools that are nothing but a way to open an app: not listed to clients that cannot show it.
@@ -64,6 +65,15 @@ def build_apps() -> Apps:
         description="A generation job's images, prompt, model, seed, size, cost and time, with actions.",
         csp=csp,
         permissions=clipboard,
+        prefers_border=True,
+    )
+    apps.add_html_resource(
+        GALLERY_APP,
+        app_page("app-gallery.html"),
+        name="gallery",
+        title="FLUX gallery",
+        description="Recent jobs, filtered by model and date, and what they cost.",
+        csp=csp,
         prefers_border=True,
     )
     return apps

@@ -37,6 +37,8 @@ from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._file_uris import roots_to_dirs
 from fal_flux_mcp.server._flat import flat_arguments
 from fal_flux_mcp.server._inputs import tool_fields_for
+from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._overview import THUMBNAILS_KEY, Gallery, GalleryParams, gallery, recent, thumbnails
 from fal_flux_mcp.server._replies import Progress, job_result
 from fal_flux_mcp.server._schemas import (
     CancelParams,
@@ -328,6 +330,29 @@ def register_tools(server: FluxServer) -> None:
                 )
             )
         return ModelList(default_model=DEFAULT_MODEL, models=summaries)
+
+    @_tool(
+        server,
+        "open_gallery",
+        GalleryParams,
+        title="Open gallery",
+        annotations=_READ.model_copy(update={"title": "Open gallery", "open_world_hint": False}),
+    )
+    async def open_gallery(
+        params: GalleryParams, ctx: Context[AppState]
+    ) -> Annotated[CallToolResult, Gallery]:
+        """Show the user's recent images in the gallery app, to browse and filter by model and date, with
+        what was spent. Costs nothing."""
+        jobs = _state(ctx).jobs
+        shown = recent(jobs, params.limit)
+        view = gallery(jobs, shown)
+        today = view.spend.periods[0].total_usd
+        text = f"Gallery of the {len(view.jobs)} most recent jobs; spent today: {usd(today)}."
+        return CallToolResult(
+            content=[TextContent(text=text)],
+            structured_content=view.model_dump(mode="json"),
+            _meta={THUMBNAILS_KEY: await thumbnails(jobs, shown)},
+        )
 
     @_tool(
         server,

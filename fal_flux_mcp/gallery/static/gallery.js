@@ -12,6 +12,7 @@
     (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light");
   const label = () => { button.textContent = current() === "dark" ? "Light theme" : "Dark theme"; };
   label();
+  button.hidden = false;  // without the script there is nothing to switch: the system's theme applies
   button.addEventListener("click", () => {
     root.dataset.theme = current() === "dark" ? "light" : "dark";
     localStorage.setItem("fal-flux-theme", root.dataset.theme);
