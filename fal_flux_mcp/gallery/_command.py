@@ -31,6 +31,7 @@ def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
     sock = socket.socket(socket.AF_INET)
     try:
         sock.bind((HOST, port))
+        sock.listen(128)  # from now on a browser's connection waits for the server instead of failing
     except OSError as exc:
         print(f"fal-flux-mcp: cannot serve the gallery on {HOST}:{port}: {exc.strerror}", file=sys.stderr)
         return 2

@@ -52,30 +52,38 @@ def app_page(name: str) -> str:
     return page
 
 
+#: Each app page: its URI, file, name, title and description.
+_PAGES = (
+    (JOB_APP, "app-job.html", "job", "FLUX job", "A job's images, prompt, model, seed, size, cost and time."),
+    (
+        GALLERY_APP,
+        "app-gallery.html",
+        "gallery",
+        "FLUX gallery",
+        "Recent jobs by model and date, and the spend.",
+    ),
+)
+
+
 def build_apps() -> Apps:
-    """The extension with both pages, each one self-contained HTML file shipped in the package."""
+    """The extension with both pages, each one self-contained HTML file shipped in the package.
+
+    Both may load images from fal's CDN, and may write to the clipboard (copying a seed).
+    """
     apps = Apps()
     csp = ResourceCsp(resource_domains=FAL_MEDIA_DOMAINS)
     clipboard = ResourcePermissions(clipboard_write={})
-    apps.add_html_resource(
-        JOB_APP,
-        app_page("app-job.html"),
-        name="job",
-        title="FLUX job",
-        description="A generation job's images, prompt, model, seed, size, cost and time, with actions.",
-        csp=csp,
-        permissions=clipboard,
-        prefers_border=True,
-    )
-    apps.add_html_resource(
-        GALLERY_APP,
-        app_page("app-gallery.html"),
-        name="gallery",
-        title="FLUX gallery",
-        description="Recent jobs, filtered by model and date, and what they cost.",
-        csp=csp,
-        prefers_border=True,
-    )
+    for uri, file, name, title, description in _PAGES:
+        apps.add_html_resource(
+            uri,
+            app_page(file),
+            name=name,
+            title=title,
+            description=description,
+            csp=csp,
+            permissions=clipboard,
+            prefers_border=True,
+        )
     return apps
 
 
