@@ -11,12 +11,13 @@ import contextlib
 import secrets
 import socket
 import sys
+import threading
 import webbrowser
 
 import anyio
 import uvicorn
 
-from fal_flux_mcp.gallery._web import gallery_app
+from fal_flux_mcp.gallery._web import StoppingServer, gallery_app
 from fal_flux_mcp.server._http import loopback_security
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import Journal
@@ -39,15 +40,14 @@ def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
     journal = Journal(settings.state_dir / "jobs.sqlite3")
     jobs = JobService(settings, journal)
     try:
-        app = gallery_app(lambda: jobs, loopback_security(HOST, bound), token)
+        stopping = threading.Event()
+        app = gallery_app(lambda: jobs, loopback_security(HOST, bound), token, stopping)
         url = f"http://{HOST}:{bound}/gallery?token={token}"
         print(url, flush=True)
         print("fal-flux-mcp: serving the gallery at the address above; Ctrl-C stops it", file=sys.stderr)
         if open_browser:
             webbrowser.open(url)
-        server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-        )
+        server = StoppingServer(uvicorn.Config(app, log_level="warning", lifespan="off"), stopping)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it stopped on
             server.run(sockets=[sock])
     finally:

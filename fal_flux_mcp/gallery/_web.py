@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 
 import anyio
+import uvicorn
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import URL
@@ -48,8 +51,18 @@ _STATIC = {"gallery.css": "text/css", "gallery.js": "text/javascript"}
 JobsSource = Callable[[], JobService | None]
 
 
-def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: str | None) -> ASGIApp:
-    """The gallery over ``jobs()`` (None while the server is starting), guarded by ``security`` and ``token``."""
+def gallery_app(
+    jobs: JobsSource,
+    security: TransportSecuritySettings,
+    token: str | None,
+    stopping: threading.Event | None = None,
+) -> ASGIApp:
+    """The gallery over ``jobs()`` (None while the server is starting), guarded by ``security`` and ``token``.
+
+    ``stopping`` is set when the server is asked to stop: the live-update streams then end, since
+    uvicorn waits for every open response before it stops (see ``StoppingServer``).
+    """
+    stop = stopping or threading.Event()
 
     def source() -> JobService:
         service = jobs()
@@ -103,7 +116,7 @@ def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: st
         service = source()
         since = request.query_params.get("since") or _data.latest_finish(service)
         return StreamingResponse(
-            _finished_jobs(request, service, since),
+            _finished_jobs(request, service, since, stop),
             media_type="text/event-stream",
             headers={**_HEADERS, "X-Accel-Buffering": "no"},
         )
@@ -128,11 +141,13 @@ def gallery_app(jobs: JobsSource, security: TransportSecuritySettings, token: st
     return GalleryGuard(app, security, token)
 
 
-async def _finished_jobs(request: Request, jobs: JobService, since: str) -> AsyncIterator[str]:
-    """Server-sent events: one ``job`` event per job that finishes, until the browser goes away."""
+async def _finished_jobs(
+    request: Request, jobs: JobService, since: str, stop: threading.Event
+) -> AsyncIterator[str]:
+    """Server-sent events: one ``job`` event per job that finishes, until the browser goes or the server stops."""
     yield "retry: 2000\n\n"
     quiet = 0.0
-    while not await request.is_disconnected():
+    while not stop.is_set() and not await request.is_disconnected():
         finished, since = _data.finished_since(jobs, since)
         for job_id in finished:
             yield f"event: job\nid: {since}\ndata: {json.dumps({'job_id': job_id})}\n\n"
@@ -143,6 +158,22 @@ async def _finished_jobs(request: Request, jobs: JobService, since: str) -> Asyn
             quiet = 0.0
         await anyio.sleep(POLL_SECONDS)
         quiet += POLL_SECONDS
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn, telling ``stopping`` as soon as Ctrl-C or SIGTERM asks it to stop.
+
+    uvicorn then waits for open responses to finish, and an event stream never does by itself: without
+    this, one open gallery tab would keep the server from stopping.
+    """
+
+    def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
+        super().__init__(config)
+        self.stopping = stopping
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().handle_exit(sig, frame)
 
 
 class _Unavailable(Exception):

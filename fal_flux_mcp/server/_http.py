@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import threading
 from typing import Literal
 
 import uvicorn
@@ -104,11 +105,17 @@ def loopback_security(host: str, port: int | None) -> TransportSecuritySettings:
 
 
 def http_app(
-    server: FluxServer, transport: HttpTransport, *, host: str = "127.0.0.1", port: int | None = None
+    server: FluxServer,
+    transport: HttpTransport,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    stopping: threading.Event | None = None,
 ) -> ASGIApp:
     """The ASGI app for ``transport``, behind the bearer check when a token is configured.
 
-    ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback.
+    ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback;
+    ``stopping``, set when the server is asked to stop, ends the gallery's live-update streams.
     """
     token = server.flux_settings.http_token.get_secret_value() if server.flux_settings.http_token else None
     loopback = is_loopback(host)
@@ -128,7 +135,7 @@ def http_app(
         app = server.streamable_http_app(host=host, transport_security=security)
     from fal_flux_mcp.gallery._web import gallery_app
 
-    gallery = gallery_app(lambda: server.state.jobs if server.state else None, security, token)
+    gallery = gallery_app(lambda: server.state.jobs if server.state else None, security, token, stopping)
     return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery)
 
 
@@ -149,5 +156,9 @@ class WithGallery:
 
 def serve_http(server: FluxServer, transport: HttpTransport, *, host: str, port: int) -> None:
     """Serve until interrupted (blocking)."""
-    app = http_app(server, transport, host=host, port=port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    from fal_flux_mcp.gallery._web import StoppingServer
+
+    stopping = threading.Event()
+    app = http_app(server, transport, host=host, port=port, stopping=stopping)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    StoppingServer(config, stopping).run()  # a Ctrl-C it stopped on is re-raised, as by uvicorn.run
