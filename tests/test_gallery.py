@@ -24,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 
 from fal_flux_mcp.server import build_server, http_app
+from fal_flux_mcp.server._http import HttpTransport
 from fal_flux_mcp.settings import Settings
 from tests.browser import browser_page, difference, spread, square
 from tests.serving import serve
@@ -107,9 +108,12 @@ async def test_gallery_on_http_shows_jobs_updates_live_and_has_job_and_spend_pag
             assert "fal-ai/flux/schnell" in table and "$" in table
 
 
-async def test_gallery_refuses_requests_without_the_token(settings: Settings) -> None:
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_gallery_refuses_requests_without_the_token(
+    settings: Settings, transport: HttpTransport
+) -> None:
     settings.http_token = SecretStr(TOKEN)
-    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+    with serve(http_app(build_server(settings), transport)) as origin:
         async with httpx.AsyncClient(base_url=origin) as http:
             for path in ("/gallery", "/gallery/spend", "/gallery/events", "/gallery/images/x/0"):
                 refused = await http.get(path)

@@ -1,7 +1,7 @@
 """``fal-flux-mcp gallery``: the web gallery on 127.0.0.1, for people whose client runs the server on stdio.
 
 It reads the journal and the output folder the MCP server writes (the files are shared safely between
-processes), so it shows jobs made by any fal-flux-mcp process on this machine, live. The page needs a
+processes), so it shows the jobs of every fal-flux-mcp process with the same settings, live. The page needs a
 token, as over HTTP: ``FLUX_MCP_HTTP_TOKEN`` if set, else a new one for this run, in the printed address.
 """
 
@@ -17,10 +17,9 @@ import webbrowser
 import anyio
 import uvicorn
 
+from fal_flux_mcp.gallery._data import JobsSource
 from fal_flux_mcp.gallery._web import StoppingServer, gallery_app
 from fal_flux_mcp.server._http import loopback_security
-from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal import Journal
 from fal_flux_mcp.settings import Settings
 
 HOST = "127.0.0.1"
@@ -37,11 +36,10 @@ def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
         print(f"fal-flux-mcp: cannot serve the gallery on {HOST}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
     bound = sock.getsockname()[1]
-    journal = Journal(settings.state_dir / "jobs.sqlite3")
-    jobs = JobService(settings, journal)
+    source = JobsSource(settings)
     try:
         stopping = threading.Event()
-        app = gallery_app(lambda: jobs, loopback_security(HOST, bound), token, stopping)
+        app = gallery_app(source, loopback_security(HOST, bound), token, stopping)
         url = f"http://{HOST}:{bound}/gallery?token={token}"
         print(url, flush=True)
         print("fal-flux-mcp: serving the gallery at the address above; Ctrl-C stops it", file=sys.stderr)
@@ -51,7 +49,6 @@ def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it stopped on
             server.run(sockets=[sock])
     finally:
-        anyio.run(jobs.aclose)
-        journal.close()
+        anyio.run(source.aclose)
         sock.close()
     return 0

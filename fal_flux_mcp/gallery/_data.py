@@ -7,6 +7,7 @@ server: both read the journal file the MCP server writes, so neither needs the o
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -14,13 +15,15 @@ from typing import Any
 import anyio
 
 from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal import JobRecord
+from fal_flux_mcp.server._journal import JobRecord, Journal
 from fal_flux_mcp.server._overview import described, recent
 from fal_flux_mcp.server._schemas import GenerationParams
+from fal_flux_mcp.settings import Settings
 
 __all__ = [
     "RECENT_JOBS",
     "DaySpend",
+    "JobsSource",
     "described",
     "finished_since",
     "latest_finish",
@@ -34,6 +37,34 @@ __all__ = [
 RECENT_JOBS = 60
 #: How long the job page waits for fal's logs before showing the page without them.
 LOGS_SECONDS = 5.0
+
+
+class JobsSource:
+    """The jobs the gallery shows: a running server's, else its own view of the same journal.
+
+    A server over SSE opens its state only while a client is connected, and ``fal-flux-mcp gallery``
+    has no server at all; both then read the journal file directly (shared safely between processes).
+    """
+
+    def __init__(self, settings: Settings, live: Callable[[], JobService | None] | None = None) -> None:
+        self._settings = settings
+        self._live = live
+        self._own: JobService | None = None
+
+    def __call__(self) -> JobService:
+        service = self._live() if self._live else None
+        if service is not None:
+            return service
+        if self._own is None:
+            self._own = JobService(self._settings, Journal(self._settings.state_dir / "jobs.sqlite3"))
+        return self._own
+
+    async def aclose(self) -> None:
+        """Close the journal and fal client this opened, if any."""
+        if self._own is not None:
+            own, self._own = self._own, None
+            await own.aclose()
+            own.journal.close()
 
 
 def finished_since(jobs: JobService, since: str) -> tuple[list[str], str]:

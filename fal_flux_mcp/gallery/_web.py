@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import FrameType
 
 import anyio
@@ -48,27 +48,19 @@ _HEADERS = {
 }
 _STATIC = {"gallery.css": "text/css", "gallery.js": "text/javascript"}
 
-JobsSource = Callable[[], JobService | None]
-
 
 def gallery_app(
-    jobs: JobsSource,
+    source: _data.JobsSource,
     security: TransportSecuritySettings,
     token: str | None,
     stopping: threading.Event | None = None,
 ) -> ASGIApp:
-    """The gallery over ``jobs()`` (None while the server is starting), guarded by ``security`` and ``token``.
+    """The gallery over ``source``'s jobs, guarded by ``security`` and ``token``.
 
     ``stopping`` is set when the server is asked to stop: the live-update streams then end, since
     uvicorn waits for every open response before it stops (see ``StoppingServer``).
     """
     stop = stopping or threading.Event()
-
-    def source() -> JobService:
-        service = jobs()
-        if service is None:
-            raise _Unavailable
-        return service
 
     async def index(request: Request) -> Response:
         service = source()
@@ -114,7 +106,12 @@ def gallery_app(
 
     async def events(request: Request) -> Response:
         service = source()
-        since = request.query_params.get("since") or _data.latest_finish(service)
+        # A reconnecting browser says where it was (the last event's id); a new page, where its grid ends.
+        since = (
+            request.headers.get("last-event-id")
+            or request.query_params.get("since")
+            or _data.latest_finish(service)
+        )
         return StreamingResponse(
             _finished_jobs(request, service, since, stop),
             media_type="text/event-stream",
@@ -137,7 +134,7 @@ def gallery_app(
         Route("/gallery/events", events),
         Route("/gallery/static/{name}", static),
     ]
-    app = Starlette(routes=routes, exception_handlers={_Unavailable: _starting})
+    app = Starlette(routes=routes)
     return GalleryGuard(app, security, token)
 
 
@@ -174,14 +171,6 @@ class StoppingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.stopping.set()
         super().handle_exit(sig, frame)
-
-
-class _Unavailable(Exception):
-    """The server's journal is not open yet (or any more)."""
-
-
-async def _starting(request: Request, exc: Exception) -> Response:
-    return Response("The server is starting or stopping; try again.", status_code=503)
 
 
 def _html(text: str, status: int = 200) -> HTMLResponse:

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import uvicorn
@@ -133,23 +134,34 @@ def http_app(
         app: ASGIApp = server.sse_app(host=host, transport_security=security)
     else:
         app = server.streamable_http_app(host=host, transport_security=security)
+    from fal_flux_mcp.gallery._data import JobsSource
     from fal_flux_mcp.gallery._web import gallery_app
 
-    gallery = gallery_app(lambda: server.state.jobs if server.state else None, security, token, stopping)
-    return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery)
+    source = JobsSource(server.flux_settings, lambda: server.state.jobs if server.state else None)
+    gallery = gallery_app(source, security, token, stopping)
+    return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery, source.aclose)
 
 
 class WithGallery:
-    """``/gallery`` and below to the gallery (which checks its own token), the rest to the MCP app."""
+    """``/gallery`` and below to the gallery (which checks its own token), the rest to the MCP app.
 
-    def __init__(self, app: ASGIApp, gallery: ASGIApp) -> None:
+    ``close`` runs when the app's lifespan ends: what the gallery opened of its own is closed with it.
+    """
+
+    def __init__(self, app: ASGIApp, gallery: ASGIApp, close: Callable[[], Awaitable[None]]) -> None:
         self.app = app
         self.gallery = gallery
+        self._close = close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path == "/gallery" or path.startswith("/gallery/"):
             await self.gallery(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await self._close()
         else:
             await self.app(scope, receive, send)
 
