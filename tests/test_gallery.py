@@ -133,8 +133,7 @@ async def test_gallery_refuses_requests_without_the_token(
 @contextmanager
 def gallery_command(settings: Settings) -> Iterator[str]:
     """``fal-flux-mcp gallery --no-browser`` running; yields the address it printed."""
-    env = {**os.environ, **server_env(settings)}
-    env.pop("FLUX_MCP_HTTP_TOKEN", None)
+    env = {**os.environ, **server_env(settings), "FLUX_MCP_HTTP_TOKEN": "configured-secret"}
     process = subprocess.Popen(
         [sys.executable, "-m", "fal_flux_mcp", "gallery", "--no-browser"],
         env=env,
@@ -160,6 +159,7 @@ async def test_gallery_command_serves_the_journal_on_loopback(settings: Settings
     job["preview"] = base64.b64decode(next(b for b in result.content if b.type == "image").data)
     with gallery_command(settings) as url:
         assert url.startswith("http://127.0.0.1:") and "/gallery?token=" in url
+        assert "configured-secret" not in url  # a fresh token per run; the configured one is never printed
         async with httpx.AsyncClient() as http:
             assert (await http.get(url.split("?")[0])).status_code == 401
         async with browser_page(tmp_path) as page:

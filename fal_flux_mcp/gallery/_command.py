@@ -2,7 +2,8 @@
 
 It reads the journal and the output folder the MCP server writes (the files are shared safely between
 processes), so it shows the jobs of every fal-flux-mcp process with the same settings, live. The page needs a
-token, as over HTTP: ``FLUX_MCP_HTTP_TOKEN`` if set, else a new one for this run, in the printed address.
+token, as over HTTP: a new one for each run, in the printed address (never ``FLUX_MCP_HTTP_TOKEN``,
+which is a secret that is never printed).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ HOST = "127.0.0.1"
 
 def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
     """Serve the gallery until Ctrl-C; prints its address (with the token) on stdout."""
-    token = settings.http_token.get_secret_value() if settings.http_token else secrets.token_urlsafe(18)
+    token = secrets.token_urlsafe(18)
     sock = socket.socket(socket.AF_INET)
     try:
         sock.bind((HOST, port))
