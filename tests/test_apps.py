@@ -7,6 +7,7 @@ bridge, the CSP the resource declares) in a real headless Chromium, and look at 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from mcp import Client
 from mcp.client.extension import advertise
 from mcp.types import CallToolResult, TextResourceContents
+from PIL import Image, ImageStat
 
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.settings import Settings
@@ -212,3 +214,14 @@ async def test_gallery_app_shows_recent_images_filters_by_model_and_shows_spend(
         await app.get_by_role("button", name="Download").click()
         (download,) = await host_got(page, "ui/download-file")
         assert download["params"]["contents"][0]["uri"] == made[1][0]["images"][0]["url"]
+
+
+async def test_job_app_takes_the_hosts_dark_theme(settings: Settings, tmp_path: Path) -> None:
+    arguments = {"prompt": "a night sky", "model": "fal-ai/flux/schnell", "seed": 2}
+    result, html, csp = await generated_for_app(settings, arguments)
+    async with browser_page(tmp_path) as page:  # the browser itself is light: the host decides
+        app = await start_app(page, html, csp, arguments, result, theme="dark")
+        details = app.locator("dl")
+        await details.wait_for()
+        with Image.open(io.BytesIO(await details.screenshot())) as shot:
+            assert ImageStat.Stat(shot.convert("L")).median[0] < 60, "the page should be dark"

@@ -51,5 +51,6 @@ def run_gallery(settings: Settings, *, port: int, open_browser: bool) -> int:
             server.run(sockets=[sock])
     finally:
         anyio.run(source.aclose)
+        print("fal-flux-mcp: stopped", file=sys.stderr, flush=True)
         sock.close()
     return 0
