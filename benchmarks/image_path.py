@@ -21,12 +21,15 @@ Run: ``python benchmarks/image_path.py`` (about 4 minutes a run; ``--runs 2`` fo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -34,9 +37,10 @@ from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _processes import cpu_seconds, folder_bytes, memory_kib, only_child
+from _processes import IGNORED, cpu_seconds, folder_bytes, memory_kib, only_child
 
 from fal_flux_mcp.emulator import Emulator, EmulatorConfig
+from fal_flux_mcp.emulator._config import DEFAULT_KEY
 
 ULTRA = "fal-ai/flux-pro/v1.1-ultra"
 
@@ -87,8 +91,9 @@ Call = Callable[[Client, int, int], Awaitable[str]]
 class Servers:
     """How to start fal-flux-mcp and the floor against one emulator, each time in a new state folder."""
 
-    def __init__(self, emulator: Emulator, root: Path) -> None:
-        self.emulator = emulator
+    def __init__(self, url: str, root: Path, key: str = DEFAULT_KEY) -> None:
+        self.url = url
+        self.key = key
         self.root = root
         self.floor_script = root / "floor.py"
         self.floor_script.write_text(FLOOR_SERVER)
@@ -98,8 +103,8 @@ class Servers:
         self._count += 1
         home = self.root / f"ours-{self._count}"
         env = {
-            "FAL_KEY": self.emulator.key,
-            "FLUX_MCP_FAL_URL": self.emulator.url,
+            "FAL_KEY": self.key,
+            "FLUX_MCP_FAL_URL": self.url,
             "FLUX_MCP_OUTPUT_DIR": str(home / "out"),
             "FLUX_MCP_STATE_DIR": str(home / "state"),
             "FLUX_MCP_LOG_LEVEL": "WARNING",
@@ -111,7 +116,7 @@ class Servers:
         return StdioServerParameters(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
 
     def floor(self) -> StdioServerParameters:
-        env = {"FLOOR_FAL_URL": self.emulator.url, "FLOOR_FAL_KEY": self.emulator.key}
+        env = {"FLOOR_FAL_URL": self.url, "FLOOR_FAL_KEY": self.key}
         return StdioServerParameters(command=sys.executable, args=[str(self.floor_script)], env=env)
 
 
@@ -198,9 +203,7 @@ async def concurrent(
     return wall, finished[-1] - finished[0], peak, cpu
 
 
-async def soak(
-    emulator: Emulator, servers: Servers, jobs: int, seeds: range
-) -> list[tuple[int, float, float]]:
+async def soak(servers: Servers, jobs: int, seeds: range) -> list[tuple[int, float, float]]:
     """(jobs done, RSS MiB, state folder MiB) every 100 jobs of ``jobs``, 8 at a time, retention on."""
     params = servers.ours(FLUX_MCP_KEEP_DAYS="0.0002")  # 17 s: finished jobs leave as the soak runs
     state = Path(params.env["FLUX_MCP_STATE_DIR"])  # type: ignore[index]
@@ -225,6 +228,34 @@ async def soak(
     return samples
 
 
+@contextlib.contextmanager
+def emulator_process(look: str, job_seconds: float) -> Iterator[str]:
+    """An emulator in a process of its own, so that serving hundreds of downloads does not share the
+    client's interpreter (and its GIL) with it; yields its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "fal_flux_mcp.emulator", "--port", str(port), "--look", look]
+    command += ["--job-seconds", str(job_seconds), "--render-cache", "1200"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    IGNORED.add(process.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the emulator did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait()
+        IGNORED.discard(process.pid)
+
+
 def row(what: str, ours: float, floor: float | None, unit: str, target: str) -> None:
     floor_text = f"{floor:9.1f} {unit:<3}" if floor is not None else " " * 13
     ratio = f"{ours / floor:5.2f}x" if floor else "      "
@@ -232,28 +263,28 @@ def row(what: str, ours: float, floor: float | None, unit: str, target: str) -> 
 
 
 async def one_run(number: int, soak_jobs: int, look: str, concurrency: list[int]) -> None:
+    seed = 100_000 * number
     config = EmulatorConfig(look=look, job_seconds=1.0, render_cache=600)
+    print(f"run {number}, {look} images: {'':<27} {'fal-flux-mcp':>13} {'floor':>13}  ratio")
     with tempfile.TemporaryDirectory() as tmp, Emulator(config) as emulator:
-        servers = Servers(emulator, Path(tmp))
-        print(f"run {number}, {look} images: {'':<27} {'fal-flux-mcp':>13} {'floor':>13}  ratio")
-        seed = 100_000 * number
+        # In this process, to read when each job completed: one job at a time, so nothing competes.
+        servers = Servers(emulator.url, Path(tmp))
         ours = await lags(emulator, servers.ours(), ours_call, first_seed=seed, warm=20)
         floor = await lags(emulator, servers.floor(), floor_call, first_seed=seed, warm=20)
-        row("lag p50, warm, 1-image ultra", ours["warm1"], floor["warm1"], "ms", "<= 25 ms")
-        row("lag p50, warm, 4-image ultra", ours["warm4"], floor["warm4"], "ms", "<= 40 ms")
-        row(
-            "lag of the first call",
-            ours["first"],
-            floor["first"],
-            "ms",
-            f"<= 2x warm ({2 * ours['warm1']:.0f} ms)",
-        )
-        row(
-            "  first call / warm", ours["first"] / ours["warm1"], floor["first"] / floor["warm1"], "x", "<= 2"
-        )
-        row("server CPU per 1-image ultra job", ours["cpu"], floor["cpu"], "ms", "<= 20 ms")
+    row("lag p50, warm, 1-image ultra", ours["warm1"], floor["warm1"], "ms", "<= 25 ms")
+    row("lag p50, warm, 4-image ultra", ours["warm4"], floor["warm4"], "ms", "<= 40 ms")
+    row(
+        "lag of the first call",
+        ours["first"],
+        floor["first"],
+        "ms",
+        f"<= 2x warm ({2 * ours['warm1']:.0f} ms)",
+    )
+    row("  first call / warm", ours["first"] / ours["warm1"], floor["first"] / floor["warm1"], "x", "<= 2")
+    row("server CPU per 1-image ultra job", ours["cpu"], floor["cpu"], "ms", "<= 20 ms")
 
-        emulator.config.job_seconds = 2.0
+    with tempfile.TemporaryDirectory() as tmp, emulator_process(look, 2.0) as url:
+        servers = Servers(url, Path(tmp))
         for jobs in concurrency:
             base = seed + 10_000 * jobs
 
@@ -277,20 +308,21 @@ async def one_run(number: int, soak_jobs: int, look: str, concurrency: list[int]
             row("  server peak RSS", ours_peak, floor_peak, "MiB", targets[1] or "-")
             row("  server CPU, all jobs", ours_cpu, floor_cpu, "s", "-")
 
-        if soak_jobs:
-            emulator.config.job_seconds = 0.5
+    if soak_jobs:
+        with tempfile.TemporaryDirectory() as tmp, emulator_process(look, 0.5) as url:
+            servers = Servers(url, Path(tmp))
             seeds = range(seed + 50_000, seed + 50_000 + 256)
 
             async def draw(client: Client, index: int) -> None:
                 await floor_call(client, seeds[index], 1)
 
             await concurrent(servers.floor(), draw, len(seeds))
-            samples = await soak(emulator, servers, soak_jobs, seeds)
-            print(f"  soak of {soak_jobs} 1-image ultra jobs, 8 at a time, FLUX_MCP_KEEP_DAYS=0.0002 (17 s):")
-            print("    " + "  ".join(f"{done:>5}" for done, _, _ in samples) + "   jobs done")
-            print("    " + "  ".join(f"{rss:5.0f}" for _, rss, _ in samples) + "   server RSS, MiB")
-            print("    " + "  ".join(f"{size:5.1f}" for _, _, size in samples) + "   state folder, MiB")
-        print()
+            samples = await soak(servers, soak_jobs, seeds)
+        print(f"  soak of {soak_jobs} 1-image ultra jobs, 8 at a time, FLUX_MCP_KEEP_DAYS=0.0002 (17 s):")
+        print("    " + "  ".join(f"{done:>5}" for done, _, _ in samples) + "   jobs done")
+        print("    " + "  ".join(f"{rss:5.0f}" for _, rss, _ in samples) + "   server RSS, MiB")
+        print("    " + "  ".join(f"{size:5.1f}" for _, _, size in samples) + "   state folder, MiB")
+    print()
 
 
 async def main(runs: int, soak_jobs: int, look: str, concurrency: list[int]) -> None:

@@ -96,6 +96,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where to save the image (default: a new temporary folder, printed; never FLUX_MCP_OUTPUT_DIR)",
     )
+    gallery = commands.add_parser(
+        "gallery",
+        help="see your images in the browser (the web gallery, on 127.0.0.1)",
+        description="Serve the web gallery of the jobs in the journal (recent images, each job, spend) on "
+        "127.0.0.1, print its address and open it in the browser. Jobs appear as they finish.",
+        formatter_class=_DefaultsFormatter,
+    )
+    gallery.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    gallery.add_argument("--no-browser", action="store_true", help="only print the address")
     config = commands.add_parser(
         "config",
         help="print an mcpServers entry with absolute paths, for a client",
@@ -166,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in check.warnings:
         _say(f"warning: {warning}")
     _configure_logging(check.settings.log_level)
+    if command == "gallery":
+        from fal_flux_mcp.gallery._command import run_gallery
+
+        return run_gallery(check.settings, port=args.port, open_browser=not args.no_browser)
     return _serve(check.settings, getattr(args, "transport", "stdio"), args)
 
 

@@ -230,9 +230,23 @@ def test_http_server_prints_its_url_and_stops_cleanly_on_one_signal(
         assert f"http://127.0.0.1:{port}/mcp" in line and "streamable-http" in line
         assert "no token required" in line
         wait_until(lambda: accepts(port), 30, "the port")
-        code, printed = stop(process, lines, sig)
+        with gallery_tab(port):  # a live-update stream, which never ends by itself, does not hold it up
+            code, printed = stop(process, lines, sig)
     assert code == 0, printed
     assert "Traceback" not in printed and "KeyboardInterrupt" not in printed
+
+
+@contextmanager
+def gallery_tab(port: int) -> Iterator[None]:
+    """An open /gallery/events stream, as a browser tab on the gallery holds one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as tab:
+        tab.sendall(f"GET /gallery/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        received = b""
+        while b"retry:" not in received:
+            chunk = tab.recv(4096)
+            assert chunk, f"the stream closed at once: {received!r}"
+            received += chunk
+        yield
 
 
 def test_sse_server_line_names_its_endpoint_and_the_token_without_quoting_it(tmp_path: Path) -> None:

@@ -169,6 +169,7 @@ async def test_mcp_client_session_over_the_same_command(tmp_path: Path) -> None:
             listed = {tool.name for tool in (await client.list_tools()).tools}
             models = await client.call_tool("list_models", {})
     settings = Settings(fal_key="a:b", output_dir=tmp_path / "out", state_dir=tmp_path / "state")
-    expected = {tool.name for tool in await build_server(settings).list_tools()}
+    async with Client(build_server(settings)) as in_memory:  # the same (plain) client, in memory
+        expected = {tool.name for tool in (await in_memory.list_tools()).tools}
     assert listed == expected and "generate_image" in listed
     assert not models.is_error and models.structured_content["models"]

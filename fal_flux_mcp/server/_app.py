@@ -14,13 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
-from mcp.types import CallToolResult, ImageContent, InputRequiredResult, Resource, TextContent, Tool
+from mcp.types import (
+    CallToolResult,
+    ImageContent,
+    InputRequiredResult,
+    ListResourcesResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    Resource,
+    TextContent,
+    Tool,
+)
 from pydantic import AnyUrl, BaseModel
 
 from fal_flux_mcp._version import __version__
+from fal_flux_mcp.server._apps import build_apps, client_supports_apps, for_client
 from fal_flux_mcp.server._arguments import check_arguments
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
@@ -59,7 +71,7 @@ class FluxServer(MCPServer[AppState]):
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.bus = InMemorySubscriptionBus()
-        super().__init__(subscriptions=self.bus, **kwargs)
+        super().__init__(subscriptions=self.bus, extensions=[build_apps()], **kwargs)
         self.flux_settings = settings
         self.state: AppState | None = None
         #: Each tool's pydantic input model, checked before the SDK sees a call.
@@ -88,6 +100,21 @@ class FluxServer(MCPServer[AppState]):
             return CallToolResult(content=[TextContent(text=problem)], is_error=True)
         result = await super().call_tool(name, arguments, context)
         return fit_result(result) if isinstance(result, CallToolResult) else result
+
+    async def _handle_list_tools(
+        self, ctx: ServerRequestContext[AppState], params: PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        """The tools, with their apps only for a client that can show them (see ``_apps``)."""
+        result = await super()._handle_list_tools(ctx, params)
+        tools, _ = for_client(result.tools, None, apps=client_supports_apps(ctx))
+        return result.model_copy(update={"tools": tools})
+
+    async def _handle_list_resources(
+        self, ctx: ServerRequestContext[AppState], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        result = await super()._handle_list_resources(ctx, params)
+        _, resources = for_client([], result.resources, apps=client_supports_apps(ctx))
+        return result.model_copy(update={"resources": resources})
 
     async def list_resources(self) -> list[Resource]:
         resources = await super().list_resources()

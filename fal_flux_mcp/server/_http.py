@@ -8,6 +8,9 @@ binding any other address without a token is refused: an open image server on a 
 owner's fal credit for anyone who finds it. There the token is the protection, and the Host is not
 checked: a browser never sends the token on its own, so a rebound page cannot use the server, while the
 names a network server is reached by (DNS names, proxies) are not knowable here.
+
+The web gallery is served at ``/gallery`` beside the MCP endpoint, behind the same token and checks
+(see ``fal_flux_mcp.gallery._web`` for how a browser presents the token).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import threading
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import uvicorn
@@ -101,11 +106,17 @@ def loopback_security(host: str, port: int | None) -> TransportSecuritySettings:
 
 
 def http_app(
-    server: FluxServer, transport: HttpTransport, *, host: str = "127.0.0.1", port: int | None = None
+    server: FluxServer,
+    transport: HttpTransport,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    stopping: threading.Event | None = None,
 ) -> ASGIApp:
     """The ASGI app for ``transport``, behind the bearer check when a token is configured.
 
-    ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback.
+    ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback;
+    ``stopping``, set when the server is asked to stop, ends the gallery's live-update streams.
     """
     token = server.flux_settings.http_token.get_secret_value() if server.flux_settings.http_token else None
     loopback = is_loopback(host)
@@ -123,10 +134,43 @@ def http_app(
         app: ASGIApp = server.sse_app(host=host, transport_security=security)
     else:
         app = server.streamable_http_app(host=host, transport_security=security)
-    return BearerTokenMiddleware(app, token) if token else app
+    from fal_flux_mcp.gallery._data import JobsSource
+    from fal_flux_mcp.gallery._web import gallery_app
+
+    source = JobsSource(server.flux_settings, lambda: server.state.jobs if server.state else None)
+    gallery = gallery_app(source, security, token, stopping)
+    return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery, source.aclose)
+
+
+class WithGallery:
+    """``/gallery`` and below to the gallery (which checks its own token), the rest to the MCP app.
+
+    ``close`` runs when the app's lifespan ends: what the gallery opened of its own is closed with it.
+    """
+
+    def __init__(self, app: ASGIApp, gallery: ASGIApp, close: Callable[[], Awaitable[None]]) -> None:
+        self.app = app
+        self.gallery = gallery
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/gallery" or path.startswith("/gallery/"):
+            await self.gallery(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await self._close()
+        else:
+            await self.app(scope, receive, send)
 
 
 def serve_http(server: FluxServer, transport: HttpTransport, *, host: str, port: int) -> None:
     """Serve until interrupted (blocking)."""
-    app = http_app(server, transport, host=host, port=port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="on")
+    from fal_flux_mcp.gallery._web import StoppingServer
+
+    stopping = threading.Event()
+    app = http_app(server, transport, host=host, port=port, stopping=stopping)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    StoppingServer(config, stopping).run()  # a Ctrl-C it stopped on is re-raised, as by uvicorn.run

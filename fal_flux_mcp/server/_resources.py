@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._errors import UnknownJobError
+from fal_flux_mcp.server._jobs import JobService
 
 
 def register_resources(server: FluxServer) -> None:
@@ -56,29 +57,34 @@ def register_resources(server: FluxServer) -> None:
     async def image(job_id: str, index: int, ctx: Context) -> bytes:
         state: AppState = ctx.request_context.lifespan_context
         try:
-            record = state.jobs.get(job_id)
-        except UnknownJobError as exc:
+            return await image_bytes(state.jobs, job_id, index)
+        except (UnknownJobError, NoSuchImage) as exc:
             raise ResourceNotFoundError(str(exc)) from None
-        images = state.jobs.describe(record).images
-        if not 0 <= index < len(images):
-            if record.status != "completed":
-                raise ResourceNotFoundError(f"job {job_id} is {record.status}; it has no images yet")
-            raise ResourceNotFoundError(
-                f"job {job_id} has {len(images)} image(s); index {index} does not exist"
-            )
-        info = images[index]
-        if info.path:
-            try:
-                return await _read(info.path)
-            except OSError:
-                pass
-        try:
-            return await state.jobs.fal.download(info.url)
         except FalError as exc:
             raise ResourceError(
                 f"the saved file is gone and fal's copy could not be fetched: {exc.message}"
             ) from None
 
 
-async def _read(path: str) -> bytes:
-    return await anyio.Path(path).read_bytes()
+class NoSuchImage(LookupError):
+    """The job has no image at that index (yet, or at all)."""
+
+
+async def image_bytes(jobs: JobService, job_id: str, index: int) -> bytes:
+    """Image ``index`` (from 0) of a job: the saved file, or fal's copy when the file is gone.
+
+    Raises ``UnknownJobError``, ``NoSuchImage``, or ``FalError`` when fal's copy cannot be fetched.
+    """
+    record = jobs.get(job_id)
+    images = jobs.describe(record).images
+    if not 0 <= index < len(images):
+        if record.status != "completed":
+            raise NoSuchImage(f"job {job_id} is {record.status}; it has no images yet")
+        raise NoSuchImage(f"job {job_id} has {len(images)} image(s); index {index} does not exist")
+    info = images[index]
+    if info.path:
+        try:
+            return await anyio.Path(info.path).read_bytes()
+        except OSError:
+            pass
+    return await jobs.fal.download(info.url)

@@ -28,11 +28,14 @@ from pydantic import BaseModel
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._approval import Approval, approval_of, edit_spend_approval, spend_approval
+from fal_flux_mcp.server._apps import tool_meta
 from fal_flux_mcp.server._cancel import cancel, stop_waiting
 from fal_flux_mcp.server._catalog import ModelList, model_list
 from fal_flux_mcp.server._editing import EditorChoice, EditParams, as_generation, choose_editor
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
+from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._overview import THUMBNAILS_KEY, Gallery, GalleryParams, gallery, recent, thumbnails
 from fal_flux_mcp.server._replies import Progress, job_result
 from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import (
@@ -116,9 +119,9 @@ def _tool(
             wait_seconds=f"{server.flux_settings.wait_seconds:g}"
         )
         server.argument_models[name] = params
-        return server.tool(name=name, title=title, annotations=annotations, description=description)(
-            flat_arguments(params)(fn)
-        )
+        return server.tool(
+            name=name, title=title, annotations=annotations, description=description, meta=tool_meta(name)
+        )(flat_arguments(params)(fn))
 
     return decorate
 
@@ -326,6 +329,29 @@ def register_tools(server: FluxServer) -> None:
         inpaint, image-variation): what each is for, the inputs it needs, its parameters, what it costs
         (and where that price came from) and its typical time."""
         return await model_list(_state(ctx).jobs.prices)
+
+    @_tool(
+        server,
+        "open_gallery",
+        GalleryParams,
+        title="Open gallery",
+        annotations=_READ.model_copy(update={"title": "Open gallery", "open_world_hint": False}),
+    )
+    async def open_gallery(
+        params: GalleryParams, ctx: Context[AppState]
+    ) -> Annotated[CallToolResult, Gallery]:
+        """Show the user's recent images in the gallery app, to browse and filter by model and date, with
+        what was spent. Costs nothing."""
+        jobs = _state(ctx).jobs
+        shown = recent(jobs, params.limit)
+        view = gallery(jobs, shown)
+        today = view.spend.periods[0].total_usd
+        text = f"Gallery of the {len(view.jobs)} most recent jobs; spent today: {usd(today)}."
+        return CallToolResult(
+            content=[TextContent(text=text)],
+            structured_content=view.model_dump(mode="json"),
+            _meta={THUMBNAILS_KEY: await thumbnails(jobs, shown)},
+        )
 
     @_tool(
         server,
