@@ -64,8 +64,8 @@ FLOOR_SERVER = textwrap.dedent(
         return "done"
 
     @mcp.tool()
-    async def url_only(prompt: str, model: str, seed: int, num_images: int = 1) -> str:
-        \"\"\"Run a job on fal and return its request id and image URLs.\"\"\"
+    async def url_only(prompt: str, model: str, seed: int, num_images: int = 1, fetch: bool = False) -> str:
+        \"\"\"Run a job on fal and return its request id and image URLs (fetch: download them too).\"\"\"
         global http
         if http is None:
             http = httpx.AsyncClient(
@@ -79,6 +79,9 @@ FLOOR_SERVER = textwrap.dedent(
                     break
         output = (await http.get(submitted["response_url"])).json()
         urls = " ".join(image["url"] for image in output["images"])
+        if fetch:
+            for image in output["images"]:
+                (await http.get(image["url"])).raise_for_status()
         return submitted["request_id"] + " " + urls
 
     mcp.run("stdio")
@@ -136,7 +139,7 @@ async def ours_call(client: Client, seed: int, num_images: int) -> str:
     return str(content["job_id"])
 
 
-async def floor_call(client: Client, seed: int, num_images: int) -> str:
+async def floor_call(client: Client, seed: int, num_images: int, *, fetch: bool = False) -> str:
     result = await client.call_tool(
         "url_only",
         {
@@ -144,6 +147,7 @@ async def floor_call(client: Client, seed: int, num_images: int) -> str:
             "model": ULTRA,
             "seed": seed,
             "num_images": num_images,
+            "fetch": fetch,
         },
     )
     assert not result.is_error, result
@@ -289,7 +293,8 @@ async def one_run(number: int, soak_jobs: int, look: str, concurrency: list[int]
             base = seed + 10_000 * jobs
 
             async def warm_up(client: Client, index: int, base: int = base) -> None:
-                await floor_call(client, base + index, 1)  # the emulator draws these now, not below
+                # The emulator draws these now, not below: fetching waits until each is drawn.
+                await floor_call(client, base + index, 1, fetch=True)
 
             async def generate(client: Client, index: int, base: int = base) -> None:
                 await ours_call(client, base + index, 1)
@@ -314,7 +319,7 @@ async def one_run(number: int, soak_jobs: int, look: str, concurrency: list[int]
             seeds = range(seed + 50_000, seed + 50_000 + 256)
 
             async def draw(client: Client, index: int) -> None:
-                await floor_call(client, seeds[index], 1)
+                await floor_call(client, seeds[index], 1, fetch=True)
 
             await concurrent(servers.floor(), draw, len(seeds))
             samples = await soak(servers, soak_jobs, seeds)
