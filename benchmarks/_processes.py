@@ -1,4 +1,4 @@
-"""What the benchmarks read off the server processes they start: which process, its CPU, its memory.
+"""The server processes the benchmarks start: their environment, and which process, its CPU, its memory.
 
 Linux only (``/proc``). The benchmark itself is the parent of every server it starts through the MCP
 stdio client, so a server is found among this process's direct children.
@@ -55,3 +55,17 @@ def memory_kib(pid: int, field: str = "VmHWM") -> int:
 def folder_bytes(path: Path) -> int:
     """Bytes of every file under ``path``."""
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def server_env(url: str, key: str, home: Path) -> dict[str, str]:
+    """The environment of a fal-flux-mcp server under benchmark: the emulator at ``url``, files in ``home``."""
+    return {
+        "FAL_KEY": key,
+        "FLUX_MCP_FAL_URL": url,
+        "FLUX_MCP_OUTPUT_DIR": str(home / "out"),
+        "FLUX_MCP_STATE_DIR": str(home / "state"),
+        "FLUX_MCP_LOG_LEVEL": "WARNING",
+        # Hundreds of emulated jobs (no money): the default budgets would stop the second batch.
+        "FLUX_MCP_DAILY_BUDGET_USD": "off",
+        "FLUX_MCP_MAX_USD_PER_CALL": "off",
+    }

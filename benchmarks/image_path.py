@@ -37,7 +37,7 @@ from mcp import Client, StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _processes import IGNORED, cpu_seconds, folder_bytes, memory_kib, only_child
+from _processes import IGNORED, cpu_seconds, folder_bytes, memory_kib, only_child, server_env
 
 from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 from fal_flux_mcp.emulator._config import DEFAULT_KEY
@@ -105,17 +105,7 @@ class Servers:
     def ours(self, **settings: str) -> StdioServerParameters:
         self._count += 1
         home = self.root / f"ours-{self._count}"
-        env = {
-            "FAL_KEY": self.key,
-            "FLUX_MCP_FAL_URL": self.url,
-            "FLUX_MCP_OUTPUT_DIR": str(home / "out"),
-            "FLUX_MCP_STATE_DIR": str(home / "state"),
-            "FLUX_MCP_LOG_LEVEL": "WARNING",
-            # Thousands of emulated jobs (no money): the default budgets would stop the second batch.
-            "FLUX_MCP_DAILY_BUDGET_USD": "off",
-            "FLUX_MCP_MAX_USD_PER_CALL": "off",
-            **settings,
-        }
+        env = {**server_env(self.url, self.key, home), **settings}
         return StdioServerParameters(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
 
     def floor(self) -> StdioServerParameters:

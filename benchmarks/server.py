@@ -13,7 +13,6 @@ Run: ``python benchmarks/server.py`` (about a minute). Nothing leaves the machin
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,10 @@ from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _processes import children, memory_kib, server_env
 
 from fal_flux_mcp.emulator import Emulator, EmulatorConfig
 
@@ -42,19 +45,6 @@ FLOOR_SERVER = textwrap.dedent(
 )
 
 
-def server_env(emulator: Emulator, root: Path) -> dict[str, str]:
-    return {
-        "FAL_KEY": emulator.key,
-        "FLUX_MCP_FAL_URL": emulator.url,
-        "FLUX_MCP_OUTPUT_DIR": str(root / "out"),
-        "FLUX_MCP_STATE_DIR": str(root / "state"),
-        "FLUX_MCP_LOG_LEVEL": "WARNING",
-        # Hundreds of emulated jobs (no money): the default $5 a day would stop the second batch.
-        "FLUX_MCP_DAILY_BUDGET_USD": "off",
-        "FLUX_MCP_MAX_USD_PER_CALL": "off",
-    }
-
-
 async def cold_start(params: StdioServerParameters) -> float:
     started = time.perf_counter()
     async with Client(params, mode="legacy") as client:
@@ -64,20 +54,14 @@ async def cold_start(params: StdioServerParameters) -> float:
 
 
 def children_peak_rss_kib() -> int:
-    """Peak resident memory (VmHWM) of this process's direct children, read from /proc (Linux)."""
-    peak = 0
-    me = str(os.getpid())
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """Peak resident memory (VmHWM) of this process's direct children (Linux)."""
+    peaks = []
+    for pid in children():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[1] != me:
-                continue
-            for line in (stat.parent / "status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except (OSError, IndexError, ValueError):
+            peaks.append(memory_kib(pid))
+        except (OSError, RuntimeError):
             continue
-    return peak
+    return max(peaks, default=0)
 
 
 async def concurrent_generations(
@@ -110,7 +94,7 @@ async def concurrent_generations(
 async def main(launches: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, Emulator(EmulatorConfig(job_seconds=2.0)) as emulator:
         root = Path(tmp)
-        env = server_env(emulator, root)
+        env = server_env(emulator.url, emulator.key, root)
         floor_script = root / "floor.py"
         floor_script.write_text(FLOOR_SERVER)
         ours = StdioServerParameters(command=sys.executable, args=["-m", "fal_flux_mcp", "serve"], env=env)
