@@ -62,10 +62,13 @@ async def submit(
     )
     # The journal syncs these two writes to disk: in a worker thread, the wait does not hold up the
     # other calls in flight (two hundred submissions at once would otherwise queue behind each fsync).
+    # Shielded, so that a client giving up meanwhile is noticed at the next step, which knows what to
+    # do (the submit below, or following the job), not between a write and its use.
     try:
-        refusal = await anyio.to_thread.run_sync(
-            functools.partial(jobs.ledger.reserve, intent, approved=approved)
-        )
+        with anyio.CancelScope(shield=True):
+            refusal = await anyio.to_thread.run_sync(
+                functools.partial(jobs.ledger.reserve, intent, approved=approved)
+            )
     except Exception as exc:  # nothing was sent: better no job than one nobody could find again
         logger.exception("could not journal a submission")
         raise JobError(
@@ -111,7 +114,8 @@ async def submit(
         input_megapixels=intent.input_megapixels,
     )
     try:
-        await anyio.to_thread.run_sync(jobs.journal.fulfil_intent, intent.intent_id, record)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(jobs.journal.fulfil_intent, intent.intent_id, record)
     except Exception as exc:
         logger.exception("could not journal job %s", record.job_id)
         raise JobError(
