@@ -34,22 +34,12 @@ from fal_flux_mcp.server._identity import LOCAL_USER, current_user
 from fal_flux_mcp.server._oauth import JWKS_REFRESH_INTERVAL_SECONDS
 from fal_flux_mcp.settings import Settings
 from tests.serving import bind_free_port, serve, serve_handler
+from tests.test_server_transports import INITIALIZE, MCP_HEADERS
 from tests.test_settings import run_cli
 
 pytestmark = pytest.mark.anyio
 
 ISSUER = "https://issuer.example.test"
-MCP_HEADERS = {"Accept": "application/json, text/event-stream"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "0"},
-    },
-}
 
 
 @dataclass
@@ -302,6 +292,17 @@ async def test_a_rotated_key_is_fetched_once_and_forged_kids_do_not_hammer_the_i
             assert await status(issuer.token(aud=audience)) == 200
 
 
+async def test_clocks_a_few_seconds_apart_are_forgiven(
+    oauth_settings: Settings, issuer: Issuer, audience: str, sock: socket.socket
+) -> None:
+    now = int(time.time())
+    with serve(http_app(build_server(oauth_settings), "streamable-http"), sock) as origin:
+        async with httpx.AsyncClient() as http:
+            for skewed in (issuer.token(aud=audience, exp=now - 5), issuer.token(aud=audience, nbf=now + 5)):
+                headers = {**MCP_HEADERS, "Authorization": f"Bearer {skewed}"}
+                assert (await http.post(f"{origin}/mcp", json=INITIALIZE, headers=headers)).status_code == 200
+
+
 async def test_an_unreachable_issuer_refuses_with_401_not_an_error(
     oauth_settings: Settings, issuer: Issuer, audience: str, sock: socket.socket
 ) -> None:
@@ -320,14 +321,14 @@ async def test_sse_takes_the_same_tokens(
     oauth_settings: Settings, issuer: Issuer, sock: socket.socket
 ) -> None:
     port = sock.getsockname()[1]
-    settings = oauth_settings.model_copy(update={"oauth_audience": "flux-mcp"})  # not a URL: the address is
+    settings = oauth_settings.model_copy(update={"oauth_audience": "team-images"})  # not a URL: the address is
     server = with_whoami(build_server(settings))
     with serve(http_app(server, "sse", port=port), sock) as origin:
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{origin}/sse")).status_code == 401
             metadata = (await http.get(f"{origin}/.well-known/oauth-protected-resource/sse")).json()
         assert metadata["resource"] == f"{origin}/sse"
-        headers = {"Authorization": f"Bearer {issuer.token('dan', aud='flux-mcp')}"}
+        headers = {"Authorization": f"Bearer {issuer.token('dan', aud='team-images')}"}
         async with Client(sse_client(f"{origin}/sse", headers=headers), mode="legacy") as client:
             assert await whoami(client) == "'dan'"
 

@@ -30,6 +30,7 @@ from typing import Literal
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fal_flux_mcp.server._app import FluxServer
@@ -159,20 +160,9 @@ def http_app(
 
 async def no_gallery(scope: Scope, receive: Receive, send: Send) -> None:
     """The gallery's place under OAuth: it would show every user's images to whoever opens it."""
-    if scope["type"] != "http":
-        return
-    body = b"The web gallery is not served when OAuth is on: it does not yet show each user only their own work.\n"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 404,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    if scope["type"] == "http":
+        text = "The web gallery is not served when OAuth is on: it does not yet show each user only their own work."
+        await PlainTextResponse(text, status_code=404)(scope, receive, send)
 
 
 class WithGallery:

@@ -116,7 +116,8 @@ class JwtVerifier:
             token=token,
             client_id=str(claims.get("client_id") or claims.get("azp") or subject),
             scopes=scopes.split() if isinstance(scopes, str) else [str(scope) for scope in scopes],
-            expires_at=int(claims["exp"]),
+            # The SDK compares this with its own clock again, without leeway: give it the same leeway.
+            expires_at=int(claims["exp"] + LEEWAY_SECONDS),
             resource=self.audience,
             subject=subject,
             claims=claims,
