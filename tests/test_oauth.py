@@ -321,7 +321,9 @@ async def test_sse_takes_the_same_tokens(
     oauth_settings: Settings, issuer: Issuer, sock: socket.socket
 ) -> None:
     port = sock.getsockname()[1]
-    settings = oauth_settings.model_copy(update={"oauth_audience": "team-images"})  # not a URL: the address is
+    settings = oauth_settings.model_copy(
+        update={"oauth_audience": "team-images"}
+    )  # not a URL: the address is
     server = with_whoami(build_server(settings))
     with serve(http_app(server, "sse", port=port), sock) as origin:
         async with httpx.AsyncClient() as http:
