@@ -291,13 +291,16 @@ def _announce_http(settings: Settings, transport: str, host: str, port: int) -> 
     from fal_flux_mcp.server._http import is_loopback
 
     token = settings.http_token is not None and bool(settings.http_token.get_secret_value())
-    if not token and not is_loopback(host):
+    if not token and not settings.oauth and not is_loopback(host):
         return  # serve_http refuses this bind, with the reason: announcing an address would be a lie
     display = f"[{host}]" if ":" in host else host
     path = "/sse" if transport == "sse" else "/mcp"
-    auth = (
-        "a bearer token (FLUX_MCP_HTTP_TOKEN) is required" if token else "no token required (loopback only)"
-    )
+    if settings.oauth:
+        auth = f"OAuth: a JWT from {settings.oauth_issuer} for audience {settings.oauth_audience} is required"
+    elif token:
+        auth = "a bearer token (FLUX_MCP_HTTP_TOKEN) is required"
+    else:
+        auth = "no token required (loopback only)"
     _say(f"serving MCP over {transport} at http://{display}:{port}{path}; {auth}; Ctrl-C stops it")
 
 

@@ -13,8 +13,11 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: The settings that turn OAuth on, all together.
+OAUTH_FIELDS = ("oauth_issuer", "oauth_audience", "oauth_jwks_url")
 
 
 def _off_is_none(value: object) -> object:
@@ -79,7 +82,25 @@ class Settings(BaseSettings):
         default_factory=list,
         description=f"Absolute folders local input images may come from, separated by {os.pathsep!r}.",
     )
-    http_token: SecretStr | None = Field(default=None, description="Bearer token HTTP transports require.")
+    http_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token HTTP transports require, for a server one person uses; not together with "
+        "the OAuth settings.",
+    )
+    oauth_issuer: str | None = Field(
+        default=None,
+        description="OAuth: the authorization server whose JWTs the HTTP transports accept (the tokens' "
+        "iss); with FLUX_MCP_OAUTH_AUDIENCE and FLUX_MCP_OAUTH_JWKS_URL, all three or none.",
+    )
+    oauth_audience: str | None = Field(
+        default=None,
+        description="OAuth: the aud a token must carry to be accepted here; an http(s) URL is also "
+        "advertised as this server's resource URL.",
+    )
+    oauth_jwks_url: str | None = Field(
+        default=None,
+        description="OAuth: the issuer's JWKS (public keys), https (http only on loopback).",
+    )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
         ge=0,
@@ -153,6 +174,52 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
             raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
         return value.strip()
+
+    @field_validator("oauth_issuer", "oauth_audience", "oauth_jwks_url", mode="after")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None and value.strip() else None
+
+    @field_validator("oauth_issuer", mode="after")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        # The SDK advertises the issuer in the protected resource metadata, where only a URL makes sense.
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("not an http(s) URL such as https://auth.example.com")
+        return value
+
+    @field_validator("oauth_jwks_url", mode="after")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        # Keys fetched over plain http could be replaced on the way: anyone on the path could sign tokens.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        loopback = (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
+        if not parts.hostname or (parts.scheme != "https" and not (parts.scheme == "http" and loopback)):
+            raise ValueError("not an https URL such as https://auth.example.com/.well-known/jwks.json")
+        return value
+
+    @model_validator(mode="after")
+    def _oauth_together(self) -> Settings:
+        oauth = {name: getattr(self, name) for name in OAUTH_FIELDS}
+        missing = [self.env_name(name) for name, value in oauth.items() if value is None]
+        if missing and len(missing) < len(oauth):
+            raise ValueError(
+                f"{', '.join(self.env_name(name) for name in OAUTH_FIELDS)} go together: set all three or "
+                f"none ({' and '.join(missing)} missing)"
+            )
+        if not missing and self.http_token is not None and self.http_token.get_secret_value():
+            raise ValueError(
+                f"{self.env_name('http_token')} and the OAuth settings are exclusive: the token is for a "
+                "server one person uses, OAuth for a team; unset one of them"
+            )
+        return self
+
+    @property
+    def oauth(self) -> bool:
+        """Whether the HTTP transports take JWTs from an OAuth issuer (and nothing else)."""
+        return all(getattr(self, name) is not None for name in OAUTH_FIELDS)
 
     @field_validator("allowed_dirs", mode="before")
     @classmethod

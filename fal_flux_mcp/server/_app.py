@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
@@ -78,6 +80,15 @@ class FluxServer(MCPServer[AppState]):
         self.argument_models: dict[str, type[BaseModel]] = {}
         #: Set once the client has listed the tools or called one: the server is in use.
         self.in_use = anyio.Event()
+
+    def require_oauth(self, verifier: TokenVerifier, auth: AuthSettings) -> None:
+        """Make the HTTP apps built from now on take only tokens ``verifier`` accepts (see ``_oauth``).
+
+        Set here rather than at construction because the resource URL it advertises depends on where
+        the server is served, which is decided after it is built.
+        """
+        self.settings.auth = auth
+        self._token_verifier = verifier
 
     async def list_tools(self) -> list[Tool]:
         tools = await super().list_tools()

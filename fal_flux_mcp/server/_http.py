@@ -9,8 +9,14 @@ owner's fal credit for anyone who finds it. There the token is the protection, a
 checked: a browser never sends the token on its own, so a rebound page cannot use the server, while the
 names a network server is reached by (DNS names, proxies) are not knowable here.
 
+For a team, the ``FLUX_MCP_OAUTH_*`` settings make the server an OAuth resource server instead: every
+request needs a JWT from the configured issuer (see ``_oauth``), whose subject is the user (see
+``_identity``). The two are exclusive (the settings refuse both at once): the static token stands for
+one person, and a token that is not a verified JWT must not become a user of a shared server.
+
 The web gallery is served at ``/gallery`` beside the MCP endpoint, behind the same token and checks
-(see ``fal_flux_mcp.gallery._web`` for how a browser presents the token).
+(see ``fal_flux_mcp.gallery._web`` for how a browser presents the token). Under OAuth it is not served:
+it shows every job, and a browser has no JWT to show.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fal_flux_mcp.server._app import FluxServer
@@ -118,12 +125,21 @@ def http_app(
     ``port`` is the port it will be served on, so that only that port's ``Host`` passes on loopback;
     ``stopping``, set when the server is asked to stop, ends the gallery's live-update streams.
     """
-    token = server.flux_settings.http_token.get_secret_value() if server.flux_settings.http_token else None
+    settings = server.flux_settings
+    token = settings.http_token.get_secret_value() if settings.http_token else None
     loopback = is_loopback(host)
-    if not token and not loopback:
+    if not token and not settings.oauth and not loopback:
         raise UnsafeBindError(
             f"Refusing to serve on {host} without a token: anyone who can reach it could spend your fal "
-            "credit. Set FLUX_MCP_HTTP_TOKEN, or bind 127.0.0.1."
+            "credit. Set FLUX_MCP_HTTP_TOKEN (or the FLUX_MCP_OAUTH_* settings), or bind 127.0.0.1."
+        )
+    if settings.oauth:
+        from fal_flux_mcp.server._oauth import JwtVerifier, auth_settings, resource_url
+
+        origin = f"http://{f'[{host}]' if ':' in host else host}" + (f":{port}" if port else "")
+        path = "/sse" if transport == "sse" else "/mcp"
+        server.require_oauth(
+            JwtVerifier(settings), auth_settings(settings, resource_url(settings, origin, path))
         )
     security = (
         loopback_security(host, port)
@@ -137,9 +153,16 @@ def http_app(
     from fal_flux_mcp.gallery._data import JobsSource
     from fal_flux_mcp.gallery._web import gallery_app
 
-    source = JobsSource(server.flux_settings, lambda: server.state.jobs if server.state else None)
-    gallery = gallery_app(source, security, token, stopping)
+    source = JobsSource(settings, lambda: server.state.jobs if server.state else None)
+    gallery = no_gallery if settings.oauth else gallery_app(source, security, token, stopping)
     return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery, source.aclose)
+
+
+async def no_gallery(scope: Scope, receive: Receive, send: Send) -> None:
+    """The gallery's place under OAuth: it would show every user's images to whoever opens it."""
+    if scope["type"] == "http":
+        text = "The web gallery is not served when OAuth is on: it does not yet show each user only their own work."
+        await PlainTextResponse(text, status_code=404)(scope, receive, send)
 
 
 class WithGallery:

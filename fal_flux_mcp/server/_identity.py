@@ -1,0 +1,30 @@
+"""Who a tool call is for: the one place tools learn the user's identity.
+
+- Over HTTP with OAuth (``FLUX_MCP_OAUTH_*``), it is the verified token's subject (``sub``), unique
+  for the one configured issuer. The SDK has refused every request without a good token before a tool
+  runs, so a call with no verified token there gets None, and must be refused rather than served as
+  someone.
+- Over stdio, or HTTP with the static ``FLUX_MCP_HTTP_TOKEN`` or no token (one person's server), it is
+  ``LOCAL_USER``: the server has one user, whose work is all of it.
+
+Whatever is owned per user (jobs, images, spend) is keyed by this value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.mcpserver import Context
+
+#: The one user of a server without OAuth.
+LOCAL_USER = "local"
+
+
+def current_user(ctx: Context[Any, Any]) -> str | None:
+    """The subject the current call is for: ``sub`` under OAuth, ``LOCAL_USER`` without; None: refuse it."""
+    token = get_access_token()
+    if token is not None:
+        return token.subject
+    settings = getattr(ctx.request_context.lifespan_context, "settings", None)
+    return None if settings is None or settings.oauth else LOCAL_USER
