@@ -62,7 +62,13 @@ class PostgresServer:
         self._started = False
 
     def _run(self, *command: str) -> None:
-        subprocess.run(command, check=True, capture_output=True, cwd=self.folder, **self._as)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=self.folder, **self._as)
+        if done.returncode != 0:
+            log = self.folder / "log"
+            raise RuntimeError(
+                f"{Path(command[0]).name} failed ({done.returncode}): {done.stderr or done.stdout}"
+                + (f"\nserver log:\n{log.read_text()}" if log.exists() else "")
+            )
 
     def start(self) -> None:
         self._run(

@@ -119,3 +119,24 @@ async def test_a_job_handed_back_by_one_server_is_delivered_by_another_on_the_sa
     assert done.structured_content["job_id"] == job_id and len(done.structured_content["images"]) == 1
     assert emulator.counters["submit"] == 1
     assert not (tmp_path / "other-state" / "jobs.sqlite3").exists()
+
+
+def _drop_connections(database_url: str) -> None:
+    """What a database restart or failover does to every server's connection."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid != pg_backend_pid()"
+        )
+
+
+def test_a_connection_the_database_dropped_is_opened_again_for_reads_and_writes(database_url: str) -> None:
+    with PostgresJournal(database_url) as journal:
+        journal.add(record())
+        _drop_connections(database_url)
+        assert journal.get("req-1") is not None
+        _drop_connections(database_url)
+        assert journal.add(record("req-2")) is True
+        _drop_connections(database_url)
+        assert journal.update("req-2", status="completed").status == "completed"
+        assert [job.job_id for job in journal.recent()] == ["req-2", "req-1"]

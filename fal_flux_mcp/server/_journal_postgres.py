@@ -10,15 +10,15 @@ statements in ``Journal`` and the ledger's queries run unchanged; this module on
   (``_lock_budgets``), so the check and the reservation are one step for every server;
 - a job row locked (``FOR UPDATE``) while an update merges into it.
 
-One synchronous connection is shared behind a lock, like the SQLite backend's; it is opened again if
-the database dropped it.
+One synchronous connection is shared behind a lock, like the SQLite backend's; when the database drops
+it (a restart, a failover), reads and transactions not yet begun are served on a new one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -105,9 +105,6 @@ class PgRow(tuple[Any, ...]):
             return super().__getitem__(self._names[key])
         return super().__getitem__(key)
 
-    def keys(self) -> list[str]:
-        return list(self._names)
-
 
 def _rows(cursor: psycopg.Cursor[Any]) -> RowMaker[PgRow]:
     names = {column.name: index for index, column in enumerate(cursor.description or ())}
@@ -188,17 +185,36 @@ class PostgresJournal(Journal):
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, CAST(now() AS TEXT))", (number,)
             )
 
+    def _connected(self) -> psycopg.Connection[PgRow]:
+        if self._connection.closed or self._connection.broken:
+            self._connection = self._connect()
+        return self._connection
+
     @contextmanager
     def _session(self, *, write: bool = False, synced: bool = False) -> Iterator[_Session]:
         # Every PostgreSQL commit is durable unless the server was told otherwise: ``synced`` is given.
-        with self._lock:
-            if self._connection.closed or self._connection.broken:
-                self._connection = self._connect()
-            if not write:
-                yield _Session(self._connection)
-                return
-            with self._connection.transaction():
-                yield _Session(self._connection)
+        with self._lock, ExitStack() as stack:
+            connection = self._connected()
+            if write:
+                try:
+                    stack.enter_context(connection.transaction())
+                except psycopg.OperationalError:
+                    if not connection.broken:
+                        raise
+                    # The database dropped the connection (a restart, a failover) before this
+                    # transaction began: nothing was done, so begin it on a new one.
+                    connection = self._connected()
+                    stack.enter_context(connection.transaction())
+            yield _Session(connection)
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        """Rows of a read-only query, asked again on a new connection if the database dropped the old one."""
+        try:
+            return super().read(sql, parameters)
+        except psycopg.OperationalError:
+            if not self._connection.broken:
+                raise
+            return super().read(sql, parameters)
 
     def _lock_budgets(self, session: Session) -> None:
         session.rows("SELECT pg_advisory_xact_lock(?)", (_BUDGET_LOCK,))
