@@ -196,8 +196,15 @@ def _serve(settings: Settings, transport: str, args: argparse.Namespace) -> int:
     import anyio
 
     from fal_flux_mcp.server import UnsafeBindError, build_server, serve_http
+    from fal_flux_mcp.server._journal import JournalError, open_journal
     from fal_flux_mcp.server._stdio import run_stdio
 
+    if settings.database_url is not None:  # an unreachable database (or newer schema) stops it, in words
+        try:
+            open_journal(settings).close()
+        except JournalError as exc:
+            _say(f"not starting: {exc}")
+            return 2
     server = build_server(settings)
     try:
         if transport == "stdio":

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=None,
         description="OAuth: the issuer's JWKS (public keys), https (http only on loopback).",
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://user:password@host:port/database: the job journal in PostgreSQL, shared by "
+        "every server pointed at it; unset: a SQLite file in FLUX_MCP_STATE_DIR.",
+    )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
         ge=0,
@@ -174,6 +179,13 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
             raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
         return value.strip()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (the only database besides the built-in SQLite)")
+        return value
 
     @field_validator("oauth_issuer", "oauth_audience", "oauth_jwks_url", mode="after")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fal_flux_mcp.server._journal import SCHEMA_VERSION, JobRecord, Journal, JournalError
+from fal_flux_mcp.server._journal import JobRecord, Journal, JournalError
+from fal_flux_mcp.server._journal_sqlite import SCHEMA_VERSION, SqliteJournal
 
 T0 = datetime(2025, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -31,18 +33,11 @@ def record(job_id: str = "req-1", **overrides: object) -> JobRecord:
     return JobRecord.model_validate(values)
 
 
-@pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    with Journal(tmp_path / "state" / "jobs.sqlite3") as opened:
-        yield opened
-
-
-def test_a_job_survives_a_server_restart(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "state" / "jobs.sqlite3"
+def test_a_job_survives_a_server_restart(open_store: Callable[[], Journal]) -> None:
     job = record(cost_usd=0.06, webhook_url="https://example.com/hook")
-    with Journal(path) as first:
+    with open_store() as first:
         assert first.add(job) is True
-    with Journal(path) as second:
+    with open_store() as second:
         assert second.get("req-1") == job
         assert [j.job_id for j in second.unfinished()] == ["req-1"]
 
@@ -121,7 +116,7 @@ def test_unknown_fields_and_secrets_are_never_stored(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         record(headers={"Authorization": f"Key {secret}"})
     path = tmp_path / "jobs.sqlite3"
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         journal.add(record())
         with pytest.raises(ValueError, match="no field"):
             journal.update("req-1", status="completed", authorization=f"Key {secret}")
@@ -208,29 +203,28 @@ def test_threads_can_share_one_journal(journal: Journal) -> None:
     assert [j.job_id for j in journal.unfinished()] == ["shared"]
 
 
-def test_two_journals_on_one_file_see_each_others_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    with Journal(path) as one, Journal(path) as other:
+def test_two_journals_on_one_store_see_each_others_jobs(open_store: Callable[[], Journal]) -> None:
+    with open_store() as one, open_store() as other:
         one.add(record("req-a"))
         other.update("req-a", status="completed")
         assert one.get("req-a").status == "completed"  # type: ignore[union-attr]
 
 
-def test_file_uses_wal_and_records_its_schema_version(journal: Journal) -> None:
-    with sqlite3.connect(journal.path) as db:
+def test_file_uses_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    with SqliteJournal(tmp_path / "jobs.sqlite3") as journal, sqlite3.connect(journal.path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_journal_from_a_newer_version_is_refused_not_damaged(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         journal.add(record())
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(JournalError, match="newer fal-flux-mcp"):
-        Journal(path)
+        SqliteJournal(path)
     db = sqlite3.connect(path)
     assert db.execute("SELECT job_id FROM jobs").fetchall() == [("req-1",)]
     db.close()
@@ -243,7 +237,7 @@ def test_recent_needs_a_positive_limit(journal: Journal) -> None:
 
 def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         journal.add(record())
     db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
     for table in ("jobs", "intents"):
@@ -253,7 +247,7 @@ def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(
     db.commit()
     db.close()
 
-    with Journal(path) as journal:
+    with SqliteJournal(path) as journal:
         kept = journal.get("req-1")
         journal.add(record("req-2", input_megapixels=3))
         assert kept is not None and kept.input_megapixels == 0

@@ -26,8 +26,9 @@ def old_preview(previews: Path, name: str, when: datetime) -> Path:
     return path
 
 
-def test_old_finished_jobs_and_previews_go_and_everything_else_stays(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "jobs.sqlite3")
+def test_old_finished_jobs_and_previews_go_and_everything_else_stays(
+    tmp_path: Path, journal: Journal
+) -> None:
     journal.add(record("old-done", status="completed", created_at=OLD, cost_usd=0.06, charge="final"))
     journal.add(
         record("old-failed", status="failed", created_at=OLD, cost_usd=0.06, charge="possibly_charged")
@@ -54,8 +55,7 @@ def test_old_finished_jobs_and_previews_go_and_everything_else_stays(tmp_path: P
     assert saved_image.read_bytes() == b"the user's image"
 
 
-def test_pruning_this_months_jobs_keeps_todays_spend_and_budget(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "jobs.sqlite3")
+def test_pruning_this_months_jobs_keeps_todays_spend_and_budget(tmp_path: Path, journal: Journal) -> None:
     settings = Settings(_env_file=None, state_dir=tmp_path, output_dir=tmp_path / "out", daily_budget_usd=1.0)
     ledger = Ledger(journal, settings)
     day, month = today_and_this_month(NOW)

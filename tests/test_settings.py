@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from fal_flux_mcp.settings import Settings
+from tests.serving import bind_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = "<your fal key, key_id:key_secret, from fal.ai/dashboard/keys>"
@@ -40,6 +41,7 @@ def broken_env(tmp_path: Path) -> dict[str, str]:
         "FLUX_MCP_STATE_DIR": "relative/state",
         "FLUX_MCP_ALLOWED_DIRS": f"pictures{os.pathsep}{tmp_path}",
         "FAL_KEY": "abc123-real-looking:secret-value-xyz",
+        "FLUX_MCP_DATABASE_URL": "mysql://flux:db-password-xyz@db/flux",
     }
 
 
@@ -53,19 +55,34 @@ def test_serve_refuses_bad_settings_naming_each_variable_value_and_fix(
     assert "Traceback" not in completed.stderr
     lines = completed.stderr.strip().splitlines()
     problems = [line.strip() for line in lines[1:]]
-    assert "5 problems" in lines[0]
-    assert len(problems) == 5, completed.stderr
+    assert "6 problems" in lines[0]
+    assert len(problems) == 6, completed.stderr
     wants = {
         "FLUX_MCP_WAIT_SECONDS='abc'": "a number greater than 0 and at most 3600",
         "FLUX_MCP_FAL_URL='not-a-url'": "http(s) origin",
         f"FLUX_MCP_OUTPUT_DIR={broken_env['FLUX_MCP_OUTPUT_DIR']!r}": "is a file",
         "FLUX_MCP_STATE_DIR='relative/state'": "absolute path",
         "FLUX_MCP_ALLOWED_DIRS": "'pictures' is relative",
+        "FLUX_MCP_DATABASE_URL=(hidden)": "must start with postgresql://",
     }
     for variable, fix in wants.items():
         assert any(line.startswith(variable) and fix in line for line in problems), (variable, problems)
     assert "wait_seconds" not in completed.stderr and "fal_url" not in completed.stderr
-    assert "secret-value-xyz" not in completed.stderr
+    assert "secret-value-xyz" not in completed.stderr and "db-password-xyz" not in completed.stderr
+
+
+def test_an_unreachable_database_stops_the_start_in_words_without_its_password(tmp_path: Path) -> None:
+    sock = bind_free_port()
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there
+    env = {"FLUX_MCP_DATABASE_URL": f"postgresql://flux:db-password-xyz@127.0.0.1:{port}/flux"}
+    completed = run_cli("serve", env=env, home=tmp_path)
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr, completed.stderr
+    assert (
+        "not starting: the job journal's PostgreSQL database (FLUX_MCP_DATABASE_URL) cannot be reached"
+        in (completed.stderr)
+    )
+    assert "db-password-xyz" not in completed.stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, unwritable even to root")

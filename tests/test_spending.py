@@ -13,6 +13,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ElicitResult
+from pydantic import SecretStr
 
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.server import build_server
@@ -38,6 +39,14 @@ def answering(action: str, approve: bool | None = None, asked: list[str] | None 
         return ElicitResult(action=action, content=content)  # type: ignore[arg-type]
 
     return callback
+
+
+@pytest.fixture
+def settings(settings: Settings, backend: str, request: pytest.FixtureRequest) -> Settings:
+    """The conftest settings, with the journal on each backend in turn."""
+    if backend == "postgres":
+        settings.database_url = SecretStr(request.getfixturevalue("database_url"))
+    return settings
 
 
 @pytest.fixture(params=MODES)

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.server._journal import JobRecord, open_journal
 from fal_flux_mcp.server._overview import described, recent
 from fal_flux_mcp.server._schemas import GenerationParams
 from fal_flux_mcp.settings import Settings
@@ -56,7 +56,7 @@ class JobsSource:
         if service is not None:
             return service
         if self._own is None:
-            self._own = JobService(self._settings, Journal(self._settings.state_dir / "jobs.sqlite3"))
+            self._own = JobService(self._settings, open_journal(self._settings))
         return self._own
 
     async def aclose(self) -> None:

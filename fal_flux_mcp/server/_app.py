@@ -38,7 +38,7 @@ from fal_flux_mcp.server._apps import build_apps, client_supports_apps, for_clie
 from fal_flux_mcp.server._arguments import check_arguments
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal import JobRecord, Journal
+from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
 from fal_flux_mcp.server._retention import keep_pruning
 from fal_flux_mcp.server._schemas import image_name, image_uri, job_uri
 from fal_flux_mcp.settings import Settings
@@ -242,7 +242,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
     @asynccontextmanager
     async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
         assert isinstance(server, FluxServer)
-        journal = Journal(settings.state_dir / "jobs.sqlite3")
+        journal = open_journal(settings)
         jobs = JobService(settings, journal)
         async with anyio.create_task_group() as group:
             jobs.background.task_group = group

@@ -1,4 +1,4 @@
-"""The job journal: every fal job fal-flux-mcp submits, kept on disk so none is ever lost.
+"""The job journal: every fal job fal-flux-mcp submits, kept in a database so none is ever lost.
 
 A job is written here before the tool that submitted it returns. A client that gave up waiting, a server
 restart or a crash therefore never loses a job the user paid for: ``check_status`` and the resources
@@ -7,30 +7,24 @@ find it again by id, and a finished result is built once and served from here af
 Only what is needed to find and describe a job is stored (``_records``): fal's URLs, the arguments sent
 (the user's own input), the money, and the outcome.
 
-One SQLite connection is shared behind a lock, so the journal can be used from the event loop and from
-worker threads alike. Writes that record money or a job's existence (intents, new jobs) are synced to
-disk before they return, so they survive a power cut; the rest (status changes, results) survive a
-killed process but are not synced one by one: losing the last of them to a power cut only means the job
-is followed and saved again at the next start. That keeps every call well under a millisecond, so
-async code may call them directly.
-WAL and a busy timeout also let two fal-flux-mcp processes (e.g. two clients on one machine) share the file.
+``Journal`` holds what the journal does, written once in SQL both dialects accept; a backend only opens
+its connection, runs its migrations and gives transactions (``_journal_sqlite``: a file in the state
+folder, the default; ``_journal_postgres``: one database shared by several servers). Statements are
+written with ``?`` placeholders; a backend whose driver wants another style translates them itself.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from fal_flux_mcp.server._records import (
     COLUMNS,
     IMMUTABLE_FIELDS,
     INTENT_COLUMNS,
-    STATUSES,
     TERMINAL_STATUSES,
     Charge,
     IntentState,
@@ -44,153 +38,71 @@ from fal_flux_mcp.server._records import (
     utc_now,
 )
 
+if TYPE_CHECKING:
+    from fal_flux_mcp.settings import Settings
+
 __all__ = [
-    "SCHEMA_VERSION",
     "Charge",
     "Check",
     "JobRecord",
     "JobStatus",
     "Journal",
     "JournalError",
+    "Session",
     "SubmitIntent",
+    "open_journal",
 ]
 
-#: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 6
+#: A row read back: indexable by position and by column name, whatever the backend.
+Row = Any
 
-#: A check run inside a write transaction; a reason to refuse, or None.
-Check = Callable[[sqlite3.Connection], "str | None"]
-
-_LEDGER_MIGRATION: tuple[str, ...] = (
-    "ALTER TABLE jobs ADD COLUMN charge TEXT NOT NULL DEFAULT 'reserved'",
-    "ALTER TABLE jobs ADD COLUMN unit_price REAL",
-    "ALTER TABLE jobs ADD COLUMN price_source TEXT",
-    "ALTER TABLE jobs ADD COLUMN approval TEXT",
-    "UPDATE jobs SET charge = CASE status WHEN 'completed' THEN 'final' WHEN 'cancelled' THEN 'released' "
-    "WHEN 'failed' THEN 'possibly_charged' ELSE 'reserved' END",
-    "ALTER TABLE intents ADD COLUMN unit_price REAL",
-    "ALTER TABLE intents ADD COLUMN price_source TEXT",
-    "ALTER TABLE intents ADD COLUMN approval TEXT",
-)
-
-_SCHEMA: tuple[str, ...] = (
-    f"""CREATE TABLE IF NOT EXISTS jobs (
-        job_id          TEXT PRIMARY KEY,
-        endpoint_id     TEXT NOT NULL,
-        status_url      TEXT NOT NULL,
-        response_url    TEXT NOT NULL,
-        cancel_url      TEXT NOT NULL,
-        arguments       TEXT NOT NULL,
-        prompt          TEXT NOT NULL,
-        status          TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
-        queue_position  INTEGER,
-        cost_usd        REAL,
-        webhook_url     TEXT,
-        error           TEXT,
-        result          TEXT,
-        created_at      TEXT NOT NULL,
-        updated_at      TEXT NOT NULL,
-        completed_at    TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at)",
-    "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status)",
-)
-
-
-_SPEND_TABLE = """CREATE TABLE spend (
-    bucket       TEXT NOT NULL,
-    endpoint_id  TEXT NOT NULL,
-    charge       TEXT NOT NULL,
-    cost_usd     REAL NOT NULL,
-    jobs         INTEGER NOT NULL,
-    PRIMARY KEY (bucket, endpoint_id, charge)
-)"""
-#: A job's ``created_at`` cut down to its quarter hour, in the same ISO form: every time zone's day
-#: starts on a quarter hour, so the ledger's local days and months still add up from these buckets.
-_BUCKET_SQL = (
-    "substr(created_at, 1, 14) || printf('%02d', CAST(substr(created_at, 15, 2) AS INTEGER) / 15 * 15) "
-    "|| ':00.000000+00:00'"
-)
-_PRUNABLE_SQL = "status IN ('completed', 'failed', 'cancelled') AND NOT pending_save AND created_at < ?"
+#: Finished jobs retention may forget: never one whose images are still to be saved.
+PRUNABLE_SQL = "status IN ('completed', 'failed', 'cancelled') AND NOT pending_save AND created_at < ?"
 
 
 class JournalError(Exception):
-    """The journal file cannot be used (e.g. written by a newer fal-flux-mcp)."""
+    """The journal cannot be used (e.g. written by a newer fal-flux-mcp, or its database unreachable)."""
 
 
-class Journal:
-    """The SQLite file of submitted jobs. Thread-safe; one instance per process is enough."""
+class Session(Protocol):
+    """Statements run inside one of the journal's transactions (``?`` placeholders)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        try:
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL, in WAL mode: a commit survives the process being killed, without an fsync each.
-            # Writes that must also survive a power cut switch to FULL (``_synced``).
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
-        except BaseException:
-            self._db.close()
-            raise
+    def rows(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        """The rows a query returns."""
+        ...
 
-    def _migrate(self) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise JournalError(
-                        f"the job journal {self.path} was written by a newer fal-flux-mcp (schema {version}, "
-                        f"this version knows {SCHEMA_VERSION}); upgrade fal-flux-mcp or set FLUX_MCP_STATE_DIR "
-                        "to another folder"
-                    )
-                if version < 1:
-                    for statement in _SCHEMA:
-                        self._db.execute(statement)
-                if version < 2:  # saves that failed are retried: find those jobs without reading all
-                    self._db.execute("ALTER TABLE jobs ADD COLUMN pending_save INTEGER NOT NULL DEFAULT 0")
-                    self._db.execute(
-                        "CREATE INDEX jobs_pending_save ON jobs (pending_save) WHERE pending_save"
-                    )
-                if version < 3:  # submissions are recorded before they are sent (see SubmitIntent)
-                    self._db.execute(
-                        """CREATE TABLE intents (
-                            intent_id    TEXT PRIMARY KEY,
-                            endpoint_id  TEXT NOT NULL,
-                            arguments    TEXT NOT NULL,
-                            prompt       TEXT NOT NULL,
-                            cost_usd     REAL,
-                            webhook_url  TEXT,
-                            created_at   TEXT NOT NULL,
-                            state        TEXT NOT NULL CHECK (state IN ('pending', 'unconfirmed')),
-                            note         TEXT
-                        )"""
-                    )
-                if version < 4:  # the ledger: what each job reserved, then cost, and who allowed it
-                    for statement in _LEDGER_MIGRATION:
-                        self._db.execute(statement)
-                if version < 5:  # models that bill the input images' megapixels too (FLUX.2 edits)
-                    for table in ("jobs", "intents"):
-                        self._db.execute(
-                            f"ALTER TABLE {table} ADD COLUMN input_megapixels INTEGER NOT NULL DEFAULT 0"
-                        )
-                if version < 6:  # retention: what pruned jobs spent, by quarter hour, for the ledger
-                    self._db.execute(_SPEND_TABLE)
-                # Further migrations: `if version < 7: ...` here.
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def run(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
 
+
+#: A check run inside a write transaction; a reason to refuse, or None.
+Check = Callable[[Session], "str | None"]
+
+
+class Journal(ABC):
+    """The stored jobs, intents and pruned spend. Thread-safe; one instance per process is enough."""
+
+    #: The column that orders rows stored in the same instant by when they were stored.
+    _ORDER: str
+    #: A job's ``created_at`` cut down to its quarter hour, in the same ISO form: every time zone's day
+    #: starts on a quarter hour, so the ledger's local days and months still add up from these buckets.
+    _BUCKET_SQL: str
+
+    @abstractmethod
+    def _session(self, *, write: bool = False, synced: bool = False) -> AbstractContextManager[Session]:
+        """Exclusive use of the connection, in a transaction when ``write``.
+
+        ``synced``: the commit must survive a power cut too, not only a killed process.
+        """
+
+    @abstractmethod
+    def _lock_budgets(self, session: Session) -> None:
+        """Serialise budget checks across processes until this transaction ends."""
+
+    @abstractmethod
     def close(self) -> None:
-        """Close the connection; the file stays for the next start."""
-        with self._lock:
-            self._db.close()
+        """Close the connection; the data stays for the next start."""
 
     def __enter__(self) -> Self:
         return self
@@ -200,58 +112,37 @@ class Journal:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _synced(self) -> Iterator[None]:
-        """Make the commits inside (called with the lock held) durable through a power cut too."""
-        self._db.execute("PRAGMA synchronous=FULL")
-        try:
-            yield
-        finally:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-
     def add(self, record: JobRecord) -> bool:
         """Store a newly submitted job; False (and nothing changed) if the job id is already stored.
 
         Idempotent so a retried submission path cannot duplicate or reset a job that is already known.
         """
-        row = to_row(record)
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        with self._lock, self._synced():
-            cursor = self._db.execute(
-                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
-                "ON CONFLICT (job_id) DO NOTHING",
-                [row[column] for column in COLUMNS],
-            )
-            return cursor.rowcount == 1
+        with self._session(write=True, synced=True) as session:
+            return _insert_job(session, record) == 1
 
     def add_intent(self, intent: SubmitIntent, *, check: Check | None = None) -> str | None:
         """Record a submission (and so reserve its cost) before it is sent; durable when this returns.
 
         ``check`` runs inside the same write transaction, so that a budget check and the reservation
-        are one step for every process sharing the file: when it returns a reason, nothing is
+        are one step for every process sharing the journal: when it returns a reason, nothing is
         recorded and the reason is returned.
         """
         row = intent_row(intent)
-        with self._lock, self._synced():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                refusal = check(self._db) if check is not None else None
-                if refusal is None:
-                    self._db.execute(
-                        f"INSERT INTO intents ({', '.join(INTENT_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})",
-                        [row[column] for column in INTENT_COLUMNS],
-                    )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("ROLLBACK" if refusal is not None else "COMMIT")
+        with self._session(write=True, synced=True) as session:
+            self._lock_budgets(session)
+            refusal = check(session) if check is not None else None
+            if refusal is None:
+                session.run(
+                    f"INSERT INTO intents ({', '.join(INTENT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' for _ in INTENT_COLUMNS)})",
+                    [row[column] for column in INTENT_COLUMNS],
+                )
         return refusal
 
-    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of a read-only query (the ledger's sums and lists)."""
-        with self._lock:
-            return self._db.execute(sql, parameters).fetchall()
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        """Rows of a read-only query (the ledger's sums and lists), in SQL both backends accept."""
+        with self._session() as session:
+            return session.rows(sql, parameters)
 
     def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
         """The intent became ``record``: store the job and drop the intent in one transaction.
@@ -261,45 +152,32 @@ class Journal:
 
         False (and nothing changed) if the job is already stored, e.g. found twice by reconciliation.
         """
-        row = to_row(record)
-        with self._lock:  # not synced: the intent it replaces was, and finds the job again
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                added = self._db.execute(
-                    f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-                    "ON CONFLICT (job_id) DO NOTHING",
-                    [row[column] for column in COLUMNS],
-                ).rowcount
-                self._db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._session(write=True) as session:
+            added = _insert_job(session, record)
+            session.run("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
         return added == 1
 
     def drop_intent(self, intent_id: str) -> None:
         """Forget an intent: fal surely has no job for it (refused, never sent, not in its history)."""
-        with self._lock, self._synced():
-            self._db.execute("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+        with self._session(write=True, synced=True) as session:
+            session.run("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
 
     def update_intent(self, intent_id: str, *, state: IntentState, note: str | None) -> None:
         """Record what reconciliation found so far."""
-        with self._lock, self._synced():
-            self._db.execute(
+        with self._session(write=True, synced=True) as session:
+            session.run(
                 "UPDATE intents SET state = ?, note = ? WHERE intent_id = ?", (state, note, intent_id)
             )
 
     def intents(self) -> list[SubmitIntent]:
         """Submissions not yet known to be jobs, oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM intents ORDER BY created_at, rowid").fetchall()
+        rows = self.read(f"SELECT * FROM intents ORDER BY created_at, {self._ORDER}")
         return [intent_from_row(row) for row in rows]
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with fal request id ``job_id``, or None if this journal never saw it."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else from_row(row)
+        rows = self.read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return from_row(rows[0]) if rows else None
 
     def update(self, job_id: str, /, **fields: Any) -> JobRecord:
         """Change some fields of a stored job and return the job as now stored.
@@ -315,35 +193,32 @@ class Journal:
         immutable = set(fields) & IMMUTABLE_FIELDS
         if immutable:
             raise ValueError(f"field(s) {', '.join(sorted(immutable))} cannot be updated")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                if row is None:
-                    raise KeyError(job_id)
-                current = from_row(row)
-                changes = dict(fields)
-                if current.is_terminal and changes.get("status", current.status) not in TERMINAL_STATUSES:
-                    del changes["status"]
-                now = utc_now()
-                changes["updated_at"] = max(now, current.updated_at)
-                new_status = changes.get("status", current.status)
-                if new_status in TERMINAL_STATUSES and current.completed_at is None:
-                    changes.setdefault("completed_at", now)
-                merged = current.model_dump()
-                merged.update(changes)
-                updated = JobRecord.model_validate(merged)
-                new_row = to_row(updated)
-                assignments = ", ".join(f"{column} = ?" for column in changes)
-                self._db.execute(
-                    f"UPDATE jobs SET {assignments} WHERE job_id = ?",
-                    [*(new_row[column] for column in changes), job_id],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._session(write=True) as session:
+            rows = session.rows(f"SELECT * FROM jobs WHERE job_id = ?{self._FOR_UPDATE}", (job_id,))
+            if not rows:
+                raise KeyError(job_id)
+            current = from_row(rows[0])
+            changes = dict(fields)
+            if current.is_terminal and changes.get("status", current.status) not in TERMINAL_STATUSES:
+                del changes["status"]
+            now = utc_now()
+            changes["updated_at"] = max(now, current.updated_at)
+            new_status = changes.get("status", current.status)
+            if new_status in TERMINAL_STATUSES and current.completed_at is None:
+                changes.setdefault("completed_at", now)
+            merged = current.model_dump()
+            merged.update(changes)
+            updated = JobRecord.model_validate(merged)
+            new_row = to_row(updated)
+            assignments = ", ".join(f"{column} = ?" for column in changes)
+            session.run(
+                f"UPDATE jobs SET {assignments} WHERE job_id = ?",
+                [*(new_row[column] for column in changes), job_id],
+            )
         return updated
+
+    #: Locks the row read for an update until the transaction ends, where the backend needs it.
+    _FOR_UPDATE = ""
 
     def prune(self, before: str) -> int:
         """Forget finished jobs created before ``before`` (ISO, UTC); returns how many.
@@ -351,46 +226,62 @@ class Journal:
         What they cost is added to the ``spend`` table first, in the same transaction, so budgets and
         spend reports still count it. Unfinished jobs and images still to save are never pruned.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    f"INSERT INTO spend (bucket, endpoint_id, charge, cost_usd, jobs) "
-                    f"SELECT {_BUCKET_SQL}, endpoint_id, charge, COALESCE(SUM(cost_usd), 0), COUNT(*) "
-                    f"FROM jobs WHERE {_PRUNABLE_SQL} GROUP BY 1, 2, 3 "
-                    "ON CONFLICT (bucket, endpoint_id, charge) DO UPDATE SET "
-                    "cost_usd = cost_usd + excluded.cost_usd, jobs = jobs + excluded.jobs",
-                    (before,),
-                )
-                pruned = self._db.execute(f"DELETE FROM jobs WHERE {_PRUNABLE_SQL}", (before,)).rowcount
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        return pruned
+        with self._session(write=True) as session:
+            session.run(
+                f"INSERT INTO spend (bucket, endpoint_id, charge, cost_usd, jobs) "
+                f"SELECT {self._BUCKET_SQL}, endpoint_id, charge, COALESCE(SUM(cost_usd), 0), COUNT(*) "
+                f"FROM jobs WHERE {PRUNABLE_SQL} GROUP BY 1, 2, 3 "
+                "ON CONFLICT (bucket, endpoint_id, charge) DO UPDATE SET "
+                "cost_usd = spend.cost_usd + excluded.cost_usd, jobs = spend.jobs + excluded.jobs",
+                (before,),
+            )
+            return session.run(f"DELETE FROM jobs WHERE {PRUNABLE_SQL}", (before,))
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
         """The ``limit`` most recently submitted jobs, newest first."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
-            ).fetchall()
+        rows = self.read(f"SELECT * FROM jobs ORDER BY created_at DESC, {self._ORDER} DESC LIMIT ?", (limit,))
         return [from_row(row) for row in rows]
+
+    def recently_completed(self, limit: int) -> list[str]:
+        """The ids of the ``limit`` most recently completed jobs, newest first."""
+        rows = self.read(
+            f"SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY completed_at DESC, {self._ORDER} DESC "
+            "LIMIT ?",
+            (limit,),
+        )
+        return [row["job_id"] for row in rows]
 
     def unfinished(self) -> list[JobRecord]:
         """Jobs fal may still be working on, oldest first: the ones to check on after a restart."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, rowid"
-            ).fetchall()
+        rows = self.read(
+            f"SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, {self._ORDER}"
+        )
         return [from_row(row) for row in rows]
 
     def pending_saves(self) -> list[JobRecord]:
         """Completed jobs with an image still to save, oldest first: retried after a restart."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE pending_save ORDER BY created_at, rowid"
-            ).fetchall()
+        rows = self.read(f"SELECT * FROM jobs WHERE pending_save ORDER BY created_at, {self._ORDER}")
         return [from_row(row) for row in rows]
+
+
+def _insert_job(session: Session, record: JobRecord) -> int:
+    """Store ``record`` unless its id is stored already; 1 if it was stored."""
+    row = to_row(record)
+    return session.run(
+        f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+        "ON CONFLICT (job_id) DO NOTHING",
+        [row[column] for column in COLUMNS],
+    )
+
+
+def open_journal(settings: Settings) -> Journal:
+    """The journal the settings name: PostgreSQL for ``FLUX_MCP_DATABASE_URL``, else SQLite in the state folder."""
+    if settings.database_url is not None:
+        from fal_flux_mcp.server._journal_postgres import PostgresJournal
+
+        return PostgresJournal(settings.database_url.get_secret_value())
+    from fal_flux_mcp.server._journal_sqlite import SqliteJournal
+
+    return SqliteJournal(settings.state_dir / "jobs.sqlite3")

@@ -11,11 +11,10 @@ calendar day and month of the user's local time.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from fal_flux_mcp.server._journal import Check, Journal, SubmitIntent
+from fal_flux_mcp.server._journal import Check, Journal, Session, SubmitIntent
 from fal_flux_mcp.server._schemas import Budgets, CostlyJob, PeriodSpend, SpendReport, UnconfirmedSubmission
 from fal_flux_mcp.settings import Settings
 
@@ -87,8 +86,8 @@ class Ledger:
         check: Check | None = None
         if not approved:
 
-            def check(db: sqlite3.Connection) -> str | None:
-                return self._over_budget(db, intent.cost_usd or 0.0)
+            def check(session: Session) -> str | None:
+                return self._over_budget(session, intent.cost_usd or 0.0)
 
         return self.journal.add_intent(intent, check=check)
 
@@ -101,7 +100,7 @@ class Ledger:
             None if monthly is None else max(0.0, monthly - self.spent(month)),
         )
 
-    def _over_budget(self, db: sqlite3.Connection | None, cost: float) -> str | None:
+    def _over_budget(self, session: Session | None, cost: float) -> str | None:
         day, month = today_and_this_month()
         limits = (
             (day, self.settings.daily_budget_usd, "FLUX_MCP_DAILY_BUDGET_USD"),
@@ -112,7 +111,7 @@ class Ledger:
                 continue
             if limit == 0:
                 return f"{setting} is 0: every call is asked about"
-            spent = self._spent_in(db, period)
+            spent = self._spent_in(session, period)
             if spent + cost > limit + 1e-9:
                 left = max(0.0, limit - spent)
                 return (
@@ -121,10 +120,10 @@ class Ledger:
                 )
         return None
 
-    def _spent_in(self, db: sqlite3.Connection | None, period: Period) -> float:
-        if db is None:
+    def _spent_in(self, session: Session | None, period: Period) -> float:
+        if session is None:
             return self.spent(period)
-        return float(db.execute(_SPENT_SQL, period.bounds()).fetchone()[0])
+        return float(session.rows(_SPENT_SQL, period.bounds())[0][0])
 
     def report(self) -> SpendReport:
         """Spend today, this month and over the last 30 days, the budgets, and the costliest jobs."""

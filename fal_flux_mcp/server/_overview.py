@@ -65,11 +65,8 @@ class Gallery(BaseModel):
 
 def recent(jobs: JobService, limit: int) -> list[JobResult]:
     """The most recent completed jobs with images, newest first, each with its cost."""
-    rows = jobs.journal.read(
-        "SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY completed_at DESC, rowid DESC LIMIT ?",
-        (limit,),
-    )
-    return [job for row in rows if (job := described(jobs, row["job_id"])) is not None and job.images]
+    ids = jobs.journal.recently_completed(limit)
+    return [job for job_id in ids if (job := described(jobs, job_id)) is not None and job.images]
 
 
 def described(jobs: JobService, job_id: str) -> JobResult | None:

@@ -7,7 +7,6 @@ column per field, so a secret has nowhere to go.
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -141,7 +140,7 @@ def intent_row(intent: SubmitIntent) -> dict[str, Any]:
     return row
 
 
-def intent_from_row(row: sqlite3.Row) -> SubmitIntent:
+def intent_from_row(row: Any) -> SubmitIntent:
     """An intent read back from its row."""
     values: dict[str, Any] = {name: row[name] for name in INTENT_COLUMNS}
     values["arguments"] = json.loads(values["arguments"])
@@ -149,7 +148,7 @@ def intent_from_row(row: sqlite3.Row) -> SubmitIntent:
     return SubmitIntent.model_validate(values)
 
 
-def from_row(row: sqlite3.Row) -> JobRecord:
+def from_row(row: Any) -> JobRecord:
     """A job read back from its row."""
     values: dict[str, Any] = {name: row[name] for name in COLUMNS}
     for name in JSON_FIELDS:
