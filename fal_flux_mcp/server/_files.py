@@ -75,13 +75,6 @@ class ImageName:
         return f"{stamp}_{slug}_{model_short_name(self.endpoint_id)}_{seed_part}_{self.index}"
 
 
-def image_file_name(
-    *, prompt: str, endpoint_id: str, seed: int | None, index: int, extension: str, created_at: datetime
-) -> str:
-    """The file name of one image (see ``ImageName``)."""
-    return f"{ImageName(prompt, endpoint_id, seed, index, created_at).stem}.{extension}"
-
-
 def output_folder(output_dir: Path) -> Path:
     """``output_dir``, created if missing; a relative one is refused rather than guessed at."""
     directory = output_dir.expanduser()

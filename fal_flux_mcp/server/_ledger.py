@@ -176,36 +176,20 @@ class Ledger:
         ]
 
     def _period(self, period: Period) -> PeriodSpend:
-        start, end, *_ = period.bounds()
         by_charge: dict[str, float] = {}
         by_model: dict[str, float] = {}
-        for row in self.journal.read(
-            "SELECT endpoint_id, charge, SUM(cost_usd) AS usd FROM jobs WHERE created_at >= ? AND created_at < ? "
-            "GROUP BY endpoint_id, charge",
-            (start, end),
-        ):
-            usd_ = float(row["usd"] or 0)
-            by_charge[row["charge"]] = by_charge.get(row["charge"], 0.0) + usd_
-            if row["charge"] != "released":
-                by_model[row["endpoint_id"]] = by_model.get(row["endpoint_id"], 0.0) + usd_
-        pruned = self.journal.read(  # jobs past FLUX_MCP_KEEP_DAYS, kept as sums
-            "SELECT endpoint_id, charge, SUM(cost_usd) AS usd FROM spend WHERE bucket >= ? AND bucket < ? "
-            "GROUP BY endpoint_id, charge",
-            (start, end),
+        # Jobs, jobs past FLUX_MCP_KEEP_DAYS (kept as sums) and submissions not yet known to be jobs.
+        rows = self.journal.read(
+            "SELECT endpoint_id, charge, cost_usd FROM jobs WHERE created_at >= ? AND created_at < ? "
+            "UNION ALL SELECT endpoint_id, charge, cost_usd FROM spend WHERE bucket >= ? AND bucket < ? "
+            "UNION ALL SELECT endpoint_id, 'reserved', cost_usd FROM intents WHERE created_at >= ? AND created_at < ?",
+            period.bounds(),
         )
-        for row in pruned:
-            usd_ = float(row["usd"] or 0)
-            by_charge[row["charge"]] = by_charge.get(row["charge"], 0.0) + usd_
-            if row["charge"] != "released":
-                by_model[row["endpoint_id"]] = by_model.get(row["endpoint_id"], 0.0) + usd_
-        pending = self.journal.read(
-            "SELECT endpoint_id, SUM(cost_usd) AS usd FROM intents WHERE created_at >= ? AND created_at < ? "
-            "GROUP BY endpoint_id",
-            (start, end),
-        )
-        for row in pending:
-            by_charge["reserved"] = by_charge.get("reserved", 0.0) + float(row["usd"] or 0)
-            by_model[row["endpoint_id"]] = by_model.get(row["endpoint_id"], 0.0) + float(row["usd"] or 0)
+        for row in rows:
+            endpoint_id, charge, usd_ = row[0], row[1], float(row[2] or 0)
+            by_charge[charge] = by_charge.get(charge, 0.0) + usd_
+            if charge != "released":
+                by_model[endpoint_id] = by_model.get(endpoint_id, 0.0) + usd_
         counted = ("final", "reserved", "possibly_charged")
         return PeriodSpend(
             period=period.name,
