@@ -134,33 +134,35 @@ class ImageSaver:
         except ValueError as exc:
             return info.model_copy(update={"save_state": "gone", "save_error": f"not an image: {exc}"})
         info = info.model_copy(update={"width": width, "height": height, "content_type": content_type})
-        outcome: dict[str, Path | Exception] = {}
+        saved = info
 
         async def keep_file() -> None:
-            if landing.partial is None:
-                outcome["error"] = landing.problem or OSError("the output folder cannot be written")
-                return
-            publish_it = functools.partial(
-                publish, landing.partial, landing.partial.parent, landing.name, content_type, record.job_id
-            )
-            try:
-                outcome["path"] = await anyio.to_thread.run_sync(publish_it, limiter=self._file_work)
-            except (OSError, ValueError) as exc:
-                outcome["error"] = exc
+            nonlocal saved
+            saved = await self._publish(record, info, landing, content_type)
 
         async with anyio.create_task_group() as group:
             group.start_soon(keep_file)
             file.seek(0)
             await self._preview(record.job_id, info.index, file, budget)
-        error = outcome.get("error")
-        if isinstance(error, Exception):
-            logger.warning("could not save image %d of %s: %s", info.index, record.job_id, error)
-            return info.model_copy(
-                update={"save_state": "pending", "save_error": f"saving failed: {reason_of(error)}"}
+        return saved
+
+    async def _publish(
+        self, record: JobRecord, info: ImageInfo, landing: _Landing, content_type: str
+    ) -> ImageInfo:
+        """Give the downloaded file its final name: ``saved``, or ``pending`` with why it could not be."""
+        try:
+            if landing.partial is None:
+                raise landing.problem or OSError("the output folder cannot be written")
+            publish_it = functools.partial(
+                publish, landing.partial, landing.partial.parent, landing.name, content_type, record.job_id
             )
-        return info.model_copy(
-            update={"path": str(outcome["path"]), "save_state": "saved", "save_error": None}
-        )
+            path = await anyio.to_thread.run_sync(publish_it, limiter=self._file_work)
+        except (OSError, ValueError) as exc:
+            logger.warning("could not save image %d of %s: %s", info.index, record.job_id, exc)
+            return info.model_copy(
+                update={"save_state": "pending", "save_error": f"saving failed: {reason_of(exc)}"}
+            )
+        return info.model_copy(update={"path": str(path), "save_state": "saved", "save_error": None})
 
     async def _preview(self, job_id: str, index: int, file: BinaryIO, budget: int) -> None:
         """Make the preview and keep it: on disk in the state folder, else in memory for this process."""
