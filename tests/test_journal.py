@@ -102,7 +102,7 @@ def test_invalid_values_are_refused_and_nothing_changes(journal: Journal) -> Non
     assert (stored.status, stored.queue_position) == ("queued", None)
 
 
-@pytest.mark.parametrize("field", ["job_id", "created_at", "updated_at"])
+@pytest.mark.parametrize("field", ["job_id", "owner", "created_at", "updated_at"])
 def test_identity_and_timestamps_cannot_be_rewritten(journal: Journal, field: str) -> None:
     journal.add(record())
     with pytest.raises(ValueError, match="cannot be updated"):
@@ -123,7 +123,8 @@ def test_unknown_fields_and_secrets_are_never_stored(tmp_path: Path) -> None:
         assert journal.get("req-1").status == "queued"  # type: ignore[union-attr]
     with sqlite3.connect(path) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
-    assert columns == list(JobRecord.model_fields)
+    # One column per field, and the lease a replica holds while it follows the job (not a field).
+    assert sorted(columns) == sorted([*JobRecord.model_fields, "lease_holder", "lease_expires"])
     stored = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"SECRET" not in stored
 
@@ -240,6 +241,15 @@ def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(
     with SqliteJournal(path) as journal:
         journal.add(record())
     db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
+    db.execute("DROP INDEX jobs_by_owner")  # schema 7's owners, leases and users' keys
+    for table, column in (
+        ("jobs", "owner"),
+        ("jobs", "lease_holder"),
+        ("jobs", "lease_expires"),
+        ("intents", "owner"),
+    ):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute("DROP TABLE user_keys")
     for table in ("jobs", "intents"):
         db.execute(f"ALTER TABLE {table} DROP COLUMN input_megapixels")
     db.execute("DROP TABLE spend")  # came with schema 6

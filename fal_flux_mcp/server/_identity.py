@@ -17,8 +17,10 @@ from typing import Any
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 
+from fal_flux_mcp.server._records import LOCAL_OWNER
+
 #: The one user of a server without OAuth.
-LOCAL_USER = "local"
+LOCAL_USER = LOCAL_OWNER
 
 
 def current_user(ctx: Context[Any, Any]) -> str | None:

@@ -228,10 +228,10 @@ class Journal(ABC):
         """
         with self._session(write=True) as session:
             session.run(
-                f"INSERT INTO spend (bucket, endpoint_id, charge, cost_usd, jobs) "
-                f"SELECT {self._BUCKET_SQL}, endpoint_id, charge, COALESCE(SUM(cost_usd), 0), COUNT(*) "
-                f"FROM jobs WHERE {PRUNABLE_SQL} GROUP BY 1, 2, 3 "
-                "ON CONFLICT (bucket, endpoint_id, charge) DO UPDATE SET "
+                f"INSERT INTO spend (owner, bucket, endpoint_id, charge, cost_usd, jobs) "
+                f"SELECT owner, {self._BUCKET_SQL}, endpoint_id, charge, COALESCE(SUM(cost_usd), 0), COUNT(*) "
+                f"FROM jobs WHERE {PRUNABLE_SQL} GROUP BY 1, 2, 3, 4 "
+                "ON CONFLICT (owner, bucket, endpoint_id, charge) DO UPDATE SET "
                 "cost_usd = spend.cost_usd + excluded.cost_usd, jobs = spend.jobs + excluded.jobs",
                 (before,),
             )

@@ -88,6 +88,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (bucket, endpoint_id, charge)
         )""",
     ),
+    # 2: a team's server: owners, leases on following a job, users' own fal keys (sealed).
+    (
+        "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        "ALTER TABLE jobs ADD COLUMN lease_holder TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_expires TEXT",
+        "CREATE INDEX jobs_by_owner ON jobs (owner, created_at)",
+        "CREATE INDEX jobs_unfinished ON jobs (lease_expires) WHERE status IN ('queued', 'in_progress') OR pending_save",
+        "ALTER TABLE intents ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        "ALTER TABLE spend ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        "ALTER TABLE spend DROP CONSTRAINT spend_pkey",
+        "ALTER TABLE spend ADD PRIMARY KEY (owner, bucket, endpoint_id, charge)",
+        """CREATE TABLE user_keys (
+            owner       TEXT PRIMARY KEY,
+            sealed      TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        )""",
+    ),
     # Further migrations: a new tuple of statements here.
 )
 

@@ -22,7 +22,7 @@ from fal_flux_mcp.server._journal import Journal, JournalError, Row, Session
 from fal_flux_mcp.server._records import STATUSES
 
 #: ``PRAGMA user_version`` of the schema this code writes; bump it and add a migration to change it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _LEDGER_MIGRATION: tuple[str, ...] = (
     "ALTER TABLE jobs ADD COLUMN charge TEXT NOT NULL DEFAULT 'reserved'",
@@ -79,6 +79,35 @@ _SPEND_TABLE = """CREATE TABLE spend (
     jobs         INTEGER NOT NULL,
     PRIMARY KEY (bucket, endpoint_id, charge)
 )"""
+
+
+#: Every job, intent and pruned sum belongs to a user; one replica at a time follows an unfinished job
+#: (``lease_holder`` until ``lease_expires``); users may keep their own fal key (sealed, see ``user_keys``).
+TEAM_MIGRATION: tuple[str, ...] = (
+    "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+    "ALTER TABLE jobs ADD COLUMN lease_holder TEXT",
+    "ALTER TABLE jobs ADD COLUMN lease_expires TEXT",
+    "CREATE INDEX jobs_by_owner ON jobs (owner, created_at)",
+    "ALTER TABLE intents ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+    """CREATE TABLE spend_by_owner (
+        owner        TEXT NOT NULL DEFAULT 'local',
+        bucket       TEXT NOT NULL,
+        endpoint_id  TEXT NOT NULL,
+        charge       TEXT NOT NULL,
+        cost_usd     REAL NOT NULL,
+        jobs         INTEGER NOT NULL,
+        PRIMARY KEY (owner, bucket, endpoint_id, charge)
+    )""",
+    "INSERT INTO spend_by_owner (bucket, endpoint_id, charge, cost_usd, jobs) "
+    "SELECT bucket, endpoint_id, charge, cost_usd, jobs FROM spend",
+    "DROP TABLE spend",
+    "ALTER TABLE spend_by_owner RENAME TO spend",
+    """CREATE TABLE user_keys (
+        owner       TEXT PRIMARY KEY,
+        sealed      TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    )""",
+)
 
 
 class _Session:
@@ -144,7 +173,10 @@ class SqliteJournal(Journal):
                 session.run(f"ALTER TABLE {table} ADD COLUMN input_megapixels INTEGER NOT NULL DEFAULT 0")
         if version < 6:  # retention: what pruned jobs spent, by quarter hour, for the ledger
             session.run(_SPEND_TABLE)
-        # Further migrations: `if version < 7: ...` here.
+        if version < 7:  # a team's server: owners, leases on following a job, users' own fal keys
+            for statement in TEAM_MIGRATION:
+                session.run(statement)
+        # Further migrations: `if version < 8: ...` here.
         session.run(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager

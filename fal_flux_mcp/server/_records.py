@@ -22,7 +22,10 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 JSON_FIELDS = frozenset({"arguments", "result"})
 TIME_FIELDS = frozenset({"created_at", "updated_at", "completed_at"})
-IMMUTABLE_FIELDS = frozenset({"job_id", "created_at", "updated_at"})
+IMMUTABLE_FIELDS = frozenset({"job_id", "owner", "created_at", "updated_at"})
+
+#: Who owns the work of a server without per-user identity (stdio, one person's HTTP server).
+LOCAL_OWNER = "local"
 
 
 def utc_now() -> datetime:
@@ -36,6 +39,11 @@ class JobRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str = Field(min_length=1, description="fal's request id.")
+    owner: str = Field(
+        default=LOCAL_OWNER,
+        min_length=1,
+        description="The user it belongs to (the token's subject under OAuth); no one else sees it.",
+    )
     endpoint_id: str = Field(min_length=1)
     status_url: str
     response_url: str
@@ -94,6 +102,7 @@ class SubmitIntent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     intent_id: str = Field(min_length=1)
+    owner: str = Field(default=LOCAL_OWNER, min_length=1, description="The user who asked for it.")
     endpoint_id: str = Field(min_length=1)
     arguments: dict[str, JsonValue] = Field(description="The fal input exactly as sent.")
     prompt: str = ""
