@@ -106,6 +106,18 @@ class Settings(BaseSettings):
         description="postgresql://user:password@host:port/database: the job journal in PostgreSQL, shared by "
         "every server pointed at it; unset: a SQLite file in FLUX_MCP_STATE_DIR.",
     )
+    request_state_keys: SecretStr | None = Field(
+        default=None,
+        description="Replicas: secrets (each at least 32 bytes, comma-separated) every replica shares, so "
+        "that a spend approval asked by one is answered on any; the first seals, all unseal (rotation). "
+        "Unset: a key of this process's own.",
+    )
+    stateless_http: bool | None = Field(
+        default=None,
+        description="Streamable HTTP without sessions for clients of protocol 2025-11-25 and older, so "
+        "that any replica answers them (they lose mid-call questions and change notifications); unset: "
+        "on when FLUX_MCP_REQUEST_STATE_KEYS is set.",
+    )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
         ge=0,
@@ -187,6 +199,21 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (the only database besides the built-in SQLite)")
         return value
 
+    @field_validator("request_state_keys", mode="after")
+    @classmethod
+    def _key_ring(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        keys = [key.strip() for key in value.get_secret_value().split(",")]
+        if any(len(key.encode()) < 32 for key in keys):
+            raise ValueError(
+                "every key must be at least 32 bytes (python -c 'import secrets; print(secrets.token_hex(32))' "
+                "makes one), separated by commas"
+            )
+        if len(set(keys)) < len(keys):
+            raise ValueError("a key is listed twice")
+        return value
+
     @field_validator("oauth_issuer", "oauth_audience", "oauth_jwks_url", mode="after")
     @classmethod
     def _blank_is_unset(cls, value: str | None) -> str | None:
@@ -232,6 +259,17 @@ class Settings(BaseSettings):
     def oauth(self) -> bool:
         """Whether the HTTP transports take JWTs from an OAuth issuer (and nothing else)."""
         return all(getattr(self, name) is not None for name in OAUTH_FIELDS)
+
+    def request_state_key_ring(self) -> list[str] | None:
+        """The shared request-state keys, sealing one first; None: this process's own key."""
+        if self.request_state_keys is None:
+            return None
+        return [key.strip() for key in self.request_state_keys.get_secret_value().split(",")]
+
+    @property
+    def sessionless_legacy_http(self) -> bool:
+        """Whether Streamable HTTP serves pre-2026 clients without sessions (any replica answers them)."""
+        return self.stateless_http if self.stateless_http is not None else self.request_state_keys is not None
 
     @field_validator("allowed_dirs", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
 from mcp.types import (
     CallToolResult,
@@ -281,7 +281,19 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         log_level=settings.log_level,
         website_url="https://fal.ai/models/fal-ai/flux-pro/v1.1-ultra",
         lifespan=lifespan,
+        request_state_security=request_state_security(settings),
     )
     register_tools(server)
     register_resources(server)
     return server
+
+
+def request_state_security(settings: Settings) -> RequestStateSecurity | None:
+    """The keys sealing a spend question's ``requestState``: shared by every replica when configured.
+
+    The client echoes the sealed state on its retry, which a load balancer may send to another replica:
+    that one can open it only under the same key and the same server name (the token's audience), which
+    every fal-flux-mcp has. None: the SDK's key of this process alone.
+    """
+    keys = settings.request_state_key_ring()
+    return None if keys is None else RequestStateSecurity(keys=keys)

@@ -27,6 +27,7 @@ import json
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Literal
+from urllib.parse import urlsplit
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
@@ -112,6 +113,26 @@ def loopback_security(host: str, port: int | None) -> TransportSecuritySettings:
     )
 
 
+def with_public_origin(
+    security: TransportSecuritySettings, audience: str | None
+) -> TransportSecuritySettings:
+    """``security`` also accepting the public address an OAuth audience names, as a proxy forwards it.
+
+    Under OAuth the audience is the endpoint's public URL (``https://flux.example.com/mcp``), which a
+    load balancer in front of loopback-bound replicas passes on as ``Host``: that name is one this
+    server is meant to be reached by, while a rebound name still is not.
+    """
+    parts = urlsplit(audience or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return security
+    return security.model_copy(
+        update={
+            "allowed_hosts": [*security.allowed_hosts, parts.netloc],
+            "allowed_origins": [*security.allowed_origins, f"{parts.scheme}://{parts.netloc}"],
+        }
+    )
+
+
 def http_app(
     server: FluxServer,
     transport: HttpTransport,
@@ -142,14 +163,16 @@ def http_app(
             JwtVerifier(settings), auth_settings(settings, resource_url(settings, origin, path))
         )
     security = (
-        loopback_security(host, port)
+        with_public_origin(loopback_security(host, port), settings.oauth_audience)
         if loopback
         else TransportSecuritySettings(enable_dns_rebinding_protection=False)
     )
     if transport == "sse":
         app: ASGIApp = server.sse_app(host=host, transport_security=security)
     else:
-        app = server.streamable_http_app(host=host, transport_security=security)
+        app = server.streamable_http_app(
+            host=host, transport_security=security, stateless_http=settings.sessionless_legacy_http
+        )
     from fal_flux_mcp.gallery._data import JobsSource
     from fal_flux_mcp.gallery._web import gallery_app
 
