@@ -3,19 +3,23 @@ one PostgreSQL, each a real ``fal-flux-mcp`` process (see tests/team.py for the 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
+import httpx2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from mcp.types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp.types import CallToolResult, ElicitResult
 
 from fal_flux_mcp.emulator import Emulator
 from tests.issuer import Issuer, running_issuer
-from tests.team import Team, running_team
+from tests.team import Replica, Team, running_team
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +120,125 @@ async def test_missing_bad_signature_wrong_audience_and_expired_tokens_are_refus
             },
         )
         assert good.status_code == 200, good.text
+
+
+class ToolCallsAlternate(httpx2.AsyncBaseTransport):
+    """Sends each ``tools/call`` POST to the next replica in turn (everything else to the first), so that
+    the two rounds of a spend question surely reach two different replicas; notes where each went."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.replicas = replicas
+        self.calls: list[str] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        replica = self.replicas[0]
+        if request.method == "POST" and json.loads(request.content or b"{}").get("method") == "tools/call":
+            replica = self.replicas[len(self.calls) % len(self.replicas)]
+            self.calls.append(replica.name)
+        request.url = request.url.copy_with(port=replica.port)
+        request.headers["Host"] = replica.upstream
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def leaves(error: BaseException) -> str:
+    """The messages of every error an exception group holds."""
+    if isinstance(error, BaseExceptionGroup):
+        return "\n".join(leaves(inner) for inner in error.exceptions)
+    return str(error)
+
+
+def approving(asked: list[str]) -> Any:
+    async def callback(context: object, params: Any) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action="accept", content={"approve": True})
+
+    return callback
+
+
+@pytest.fixture
+def asking_team(emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path) -> Iterator[Team]:
+    """The team with a per-call limit under ultra's price ($0.06): such a call asks the user first."""
+    env = {"FLUX_MCP_MAX_USD_PER_CALL": "0.05"}
+    with running_team(
+        emulator_url=emulator.url,
+        fal_key=emulator.key,
+        issuer=issuer,
+        database_url=database_url,
+        folder=tmp_path,
+        env=env,
+    ) as running:
+        yield running
+
+
+async def test_the_spend_question_asked_by_one_replica_is_answered_on_the_other(
+    asking_team: Team, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.1
+    route = ToolCallsAlternate(asking_team.replicas)
+    asked: list[str] = []
+    async with asking_team.client(
+        "alice", http=httpx2.AsyncClient(transport=route), elicitation_callback=approving(asked)
+    ) as client:
+        result = await client.call_tool("generate_image", ULTRA)
+    assert not result.is_error, text_of(result)
+    assert result.structured_content["status"] == "completed"
+    assert result.structured_content["approval"] == "approved by the user"
+    assert route.calls == ["replica-1", "replica-2"]  # asked by one, answered on the other
+    (question,) = asked
+    assert "$0.06" in question
+    assert emulator.counters["submit"] == 1
+
+
+async def test_legacy_clients_are_served_by_any_replica_and_refused_in_words_over_a_limit(
+    asking_team: Team, emulator: Emulator
+) -> None:
+    asked: list[str] = []
+    async with asking_team.client("alice", mode="legacy", elicitation_callback=approving(asked)) as client:
+        tools = await client.list_tools()
+        assert "generate_image" in {tool.name for tool in tools.tools}
+        within = await client.call_tool("generate_image", SCHNELL)
+        assert within.structured_content["status"] == "completed", text_of(within)
+        for _ in range(3):
+            seen = await client.call_tool("check_status", {"job_id": within.structured_content["job_id"]})
+            assert seen.structured_content["status"] == "completed", text_of(seen)
+        over = await client.call_tool("generate_image", ULTRA)
+    # No session to keep: the requests went to both replicas, none was lost.
+    answered = asking_team.nginx.answered_by()
+    assert all(answered[replica.upstream] >= 2 for replica in asking_team.replicas), answered
+    # The question cannot reach a sessionless legacy client: the call is refused in words, nothing spent.
+    assert over.is_error and "nothing was spent" in text_of(over) and "cannot ask the user" in text_of(over)
+    assert asked == []
+    assert emulator.counters["submit"] == 1
+
+
+async def test_without_shared_keys_the_answer_on_the_other_replica_is_refused_and_nothing_is_spent(
+    emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path
+) -> None:
+    with running_team(
+        emulator_url=emulator.url,
+        fal_key=emulator.key,
+        issuer=issuer,
+        database_url=database_url,
+        folder=tmp_path,
+        keys=None,
+        env={"FLUX_MCP_MAX_USD_PER_CALL": "0.05"},
+    ) as team:
+        route = ToolCallsAlternate(team.replicas)
+        asked: list[str] = []
+        async with team.client(
+            "alice", http=httpx2.AsyncClient(transport=route), elicitation_callback=approving(asked)
+        ) as client:
+            with pytest.raises(MCPError, match="Invalid or expired requestState"):
+                await client.call_tool("generate_image", ULTRA)
+        assert len(asked) == 1 and route.calls == ["replica-1", "replica-2"]
+        assert emulator.counters["submit"] == 0
+        # And legacy sessions, kept by one replica each, break when nginx sends a request to the other.
+        with pytest.raises(BaseExceptionGroup) as broken:
+            async with team.client("alice", mode="legacy") as client:
+                for _ in range(4):
+                    await client.list_tools()
+        assert "Session not found" in leaves(broken.value)
