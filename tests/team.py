@@ -259,6 +259,15 @@ class Team:
             names = [column.name for column in cursor.description or ()]
         return dict(zip(names, row, strict=True)) if row is not None else None
 
+    def count_rows(self, table: str, job_id: str) -> int:
+        """How many rows of ``table`` (jobs, intents) name ``job_id``."""
+        column = "job_id" if table == "jobs" else "intent_id"
+        with psycopg.connect(self.database_url) as connection:
+            row = connection.execute(
+                f"SELECT count(*) FROM {table} WHERE {column} = %s", (job_id,)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def saved_files(self) -> list[Path]:
         return sorted(path for path in self.output_dir.rglob("*") if path.is_file())
 
@@ -286,6 +295,8 @@ def replica_env(
         "FLUX_MCP_RETRY_ATTEMPTS": "3",
         "FLUX_MCP_RETRY_BASE_DELAY": "0.01",
         "FLUX_MCP_RETRY_MAX_DELAY": "0.05",
+        # A killed replica's jobs are taken over this long after its last renewal (10 s by default).
+        "FLUX_MCP_LEASE_SECONDS": "2",
     }
     if keys is not None:
         env["FLUX_MCP_REQUEST_STATE_KEYS"] = keys
@@ -335,7 +346,11 @@ def running_team(
             replica = Replica(
                 f"replica-{number}",
                 free_port(),
-                common | {"FLUX_MCP_STATE_DIR": str(folder / f"state-{number}")},
+                common
+                | {
+                    "FLUX_MCP_STATE_DIR": str(folder / f"state-{number}"),
+                    "FLUX_MCP_REPLICA_ID": f"replica-{number}",
+                },
                 folder / f"replica-{number}.log",
             )
             stack.callback(replica.stop)
