@@ -272,6 +272,18 @@ class Team:
         return sorted(path for path in self.output_dir.rglob("*") if path.is_file())
 
 
+#: What only the tests set: the emulator for fal, quick retries and takeovers, more logging.
+TEST_ONLY = {
+    "FLUX_MCP_FAL_URL",
+    "FLUX_MCP_LOG_LEVEL",
+    "FLUX_MCP_WAIT_SECONDS",
+    "FLUX_MCP_RETRY_ATTEMPTS",
+    "FLUX_MCP_RETRY_BASE_DELAY",
+    "FLUX_MCP_RETRY_MAX_DELAY",
+    "FLUX_MCP_LEASE_SECONDS",
+}
+
+
 def replica_env(
     emulator_url: str,
     fal_key: str,

@@ -4,6 +4,7 @@ one PostgreSQL, each a real ``fal-flux-mcp`` process (see tests/team.py for the 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,18 @@ from mcp.types import CallToolResult, ElicitResult
 
 from fal_flux_mcp.emulator import Emulator
 from tests.issuer import Issuer, running_issuer
-from tests.team import Replica, Team, running_team, wait_until
+from tests.team import (
+    COMPOSE_LISTEN,
+    COMPOSE_REPLICAS,
+    NGINX_CONF,
+    REPO,
+    TEST_ONLY,
+    Replica,
+    Team,
+    replica_env,
+    running_team,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -364,3 +376,27 @@ async def test_the_replica_following_a_job_is_killed_and_the_other_finishes_it_o
     assert team.count_rows("jobs", job_id) == 1
     assert spend["periods"][0]["total_usd"] == pytest.approx(0.12)
     assert [job["job_id"] for job in spend["most_expensive"]] == [job_id]
+
+
+def test_compose_describes_the_topology_the_tests_run() -> None:
+    """compose.yaml, the Dockerfile and deploy/nginx.conf name the pieces tests/team.py starts, with every
+    setting the replicas get here (but the test-only ones), so that the two cannot drift apart."""
+    compose = (REPO / "compose.yaml").read_text()
+    dockerfile = (REPO / "Dockerfile").read_text()
+    nginx = NGINX_CONF.read_text()
+    services = re.findall(
+        r"^  ([a-z0-9-]+):$", compose.split("\nservices:\n", 1)[1].split("\nvolumes:\n")[0], re.M
+    )
+    assert services == ["postgres", "replica-1", "replica-2", "nginx"]
+    assert "./deploy/nginx.conf:/etc/nginx/conf.d/default.conf" in compose
+    for upstream in COMPOSE_REPLICAS:  # the replicas by their service names, on the Dockerfile's port
+        name, port = upstream.split(":")
+        assert f"server {upstream} " in nginx and f"FLUX_MCP_REPLICA_ID: {name}" in compose
+        assert f'"--port", "{port}"' in dockerfile and f"EXPOSE {port}" in dockerfile
+    assert COMPOSE_LISTEN in nginx and '"8080:8080"' in compose
+    assert '"streamable-http"' in dockerfile
+    given = replica_env(
+        "http://fal", "k:s", Issuer(url="https://i/jwks"), "http://a/mcp", "postgresql://d", REPO, "k"
+    )
+    for variable in sorted(set(given) - TEST_ONLY):
+        assert f"{variable}:" in compose or f"{variable}=" in dockerfile, variable
