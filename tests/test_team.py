@@ -134,6 +134,8 @@ async def test_missing_bad_signature_wrong_audience_and_expired_tokens_are_refus
             },
         )
         assert good.status_code == 200, good.text
+    answered = team.nginx.answered_by()  # each replica refused every kind of bad token
+    assert all(answered[replica.upstream] >= len(tokens) for replica in team.replicas), answered
 
 
 class ToolCallsAlternate(httpx2.AsyncBaseTransport):
