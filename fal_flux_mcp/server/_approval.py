@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from fal_flux_mcp.models import output_size
 from fal_flux_mcp.server._editing import choose_editor
 from fal_flux_mcp.server._errors import JobError, SpendRefused
+from fal_flux_mcp.server._identity import current_user
 from fal_flux_mcp.server._ledger import usd
 from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import GenerationParams
@@ -104,14 +105,17 @@ async def _assess(
     """Price ``arguments`` (reading the input images' sizes where the price follows them) and ask
     the user when that is over a limit."""
     state = ctx.request_context.lifespan_context
+    owner = current_user(ctx)
+    if owner is None:
+        return Assessment("unpriced")  # the tool refuses a call for no one itself
     try:
         params = GenerationParams.model_validate({"prompt": "-", **arguments})
-        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state))
+        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state), owner)
         info, fal_input, input_sizes = priced.model, priced.fal_input, priced.input_sizes
         quote = await state.jobs.prices.quote(info, fal_input, input_sizes)
     except (JobError, ValidationError):
         return Assessment("unpriced")  # the tool itself refuses it, in its own words
-    reason = state.jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=max_cost_usd)
+    reason = state.jobs.ledger.over_limit(quote.cost_usd, owner, max_cost_usd=max_cost_usd)
     if reason is None:
         return Assessment("fits")
     if max_cost_usd is not None and quote.cost_usd > max_cost_usd:
@@ -122,7 +126,7 @@ async def _assess(
         return Assessment("cannot_ask", reason)
     count = getattr(fal_input, "num_images", 1) or 1
     width, height = output_size(info.endpoint_id, fal_input, input_sizes)
-    day_left, _ = state.jobs.ledger.left()
+    day_left, _ = state.jobs.ledger.left(owner)
     left = "no daily limit" if day_left is None else f"{usd(day_left)} left of today's budget"
     question = (
         f"Approve {usd(quote.cost_usd)} on fal.ai? {info.title} ({info.endpoint_id}), {count} image(s) of "
