@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     user_budgets: Annotated[dict[str, UserBudget], NoDecode] = Field(
         default_factory=dict,
         description='Limits per user (the OAuth token\'s sub), as JSON: {"<sub>": {"daily_usd": 5, '
-        '"monthly_usd": 50, "max_usd_per_call": 1}}; a limit left out is the default above, "off" none.',
+        '"monthly_usd": 50, "max_usd_per_call": 1}}; a limit left out is everyone\'s (above); "off": no limit.',
     )
     keep_days: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=30.0,
@@ -336,6 +336,8 @@ class Settings(BaseSettings):
             return str(default).lower()
         if isinstance(default, list):
             return os.pathsep.join(str(item) for item in default) or "none"
+        if isinstance(default, dict):
+            return json.dumps(default) if default else "none"
         if isinstance(default, float) and default.is_integer():
             return str(int(default))
         return str(default)
