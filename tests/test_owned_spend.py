@@ -16,7 +16,7 @@ from fal_flux_mcp.server._journal_sqlite import SqliteJournal
 from fal_flux_mcp.server._ledger import Ledger, today_and_this_month
 from fal_flux_mcp.server._records import LOCAL_OWNER
 from fal_flux_mcp.settings import Settings
-from tests.test_journal import record
+from tests.test_journal import back_to_schema_6, record
 from tests.test_journal_postgres import race_to_reserve
 from tests.test_settings import run_cli
 
@@ -127,23 +127,7 @@ def test_a_journal_of_schema_6_becomes_the_local_users_with_the_same_spend(tmp_p
             job.job_id: job.model_copy(update={"owner": LOCAL_OWNER}) for job in journal.recent(10)
         }
     db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before owners
-    db.execute("DROP INDEX jobs_by_owner")
-    for table, column in (
-        ("jobs", "owner"),
-        ("jobs", "lease_holder"),
-        ("jobs", "lease_expires"),
-        ("intents", "owner"),
-    ):
-        db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    db.execute("DROP TABLE user_keys")
-    db.execute(
-        "CREATE TABLE spend_6 (bucket TEXT NOT NULL, endpoint_id TEXT NOT NULL, charge TEXT NOT NULL, "
-        "cost_usd REAL NOT NULL, jobs INTEGER NOT NULL, PRIMARY KEY (bucket, endpoint_id, charge))"
-    )
-    db.execute("INSERT INTO spend_6 SELECT bucket, endpoint_id, charge, cost_usd, jobs FROM spend")
-    db.execute("DROP TABLE spend")
-    db.execute("ALTER TABLE spend_6 RENAME TO spend")
-    db.execute("PRAGMA user_version = 6")
+    back_to_schema_6(db)
     db.commit()
     db.close()
 

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
+from pydantic import SecretStr
 
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.server import build_server, http_app
 from fal_flux_mcp.server._identity import NO_USER
 from fal_flux_mcp.settings import Settings, UserBudget
 from tests.serving import serve
+from tests.test_gallery import TOKEN as GALLERY_TOKEN
+from tests.test_gallery import generate
 from tests.test_oauth import Issuer, audience, issuer, oauth_settings, sock
 
 pytestmark = pytest.mark.anyio
@@ -149,3 +154,27 @@ async def test_a_call_for_no_verified_user_is_refused_in_words(oauth_settings: S
         ]
         with pytest.raises(MCPError, match="carries no verified user"):
             await client.read_resource("flux://spend")
+
+
+async def test_the_gallery_of_one_persons_server_shows_that_persons_work_only(settings: Settings) -> None:
+    settings.http_token = SecretStr(GALLERY_TOKEN)
+    with serve(http_app(build_server(settings), "streamable-http")) as origin:
+        mine = await generate(origin, "a paper boat", seed=1)
+        theirs = await generate(origin, "a red kite", seed=2)
+        with sqlite3.connect(settings.state_dir / "jobs.sqlite3") as db:  # as if a team's server wrote it
+            db.execute("UPDATE jobs SET owner = 'alice' WHERE job_id = ?", (theirs["job_id"],))
+        authorised = {"Authorization": f"Bearer {GALLERY_TOKEN}"}
+        async with httpx.AsyncClient(base_url=origin, headers=authorised) as http:
+            grid = (await http.get("/gallery")).text
+            elsewhere = [
+                (await http.get(f"/gallery/{path}")).status_code
+                for path in (
+                    f"jobs/{theirs['job_id']}",
+                    f"cards/{theirs['job_id']}",
+                    f"images/{theirs['job_id']}/0",
+                )
+            ]
+            own = (await http.get(f"/gallery/jobs/{mine['job_id']}")).status_code
+
+    assert mine["job_id"] in grid and theirs["job_id"] not in grid
+    assert elsewhere == [404, 404, 404] and own == 200
