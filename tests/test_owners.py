@@ -128,6 +128,7 @@ async def test_each_user_spends_their_own_budget_and_an_override_beats_the_defau
     assert first.structured_content["budget_left_today_usd"] == pytest.approx(0.002)
     assert second.is_error and "nothing was spent" in text_of(second)
     assert "FLUX_MCP_DAILY_BUDGET_USD ($0.005; $0.003 spent today" in text_of(second)
+    assert "this server's operator sets the limits" in text_of(second)  # not "change your client's env"
     assert alices["periods"][0]["total_usd"] == pytest.approx(0.003)
     assert alices["budgets"]["daily_budget_usd"] == 0.005
     assert bobs.structured_content["status"] == "completed", "alice's spend is not bob's"

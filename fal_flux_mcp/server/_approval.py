@@ -46,6 +46,8 @@ class Assessment:
         "fits", "cannot_ask", "over_call_limit", "unpriced", "declined", "dismissed", "no_answer"
     ]
     reason: str = ""
+    #: The limits are set by whoever runs a team's server (OAuth), not by the user in their own client.
+    shared: bool = False
 
 
 async def spend_approval(
@@ -123,7 +125,7 @@ async def _assess(
     capabilities = ctx.client_capabilities
     elicitation = capabilities.elicitation if capabilities is not None else None
     if elicitation is None or (elicitation.form is None and elicitation.url is not None):
-        return Assessment("cannot_ask", reason)
+        return Assessment("cannot_ask", reason, shared=state.settings.oauth)
     count = getattr(fal_input, "num_images", 1) or 1
     width, height = output_size(info.endpoint_id, fal_input, input_sizes)
     day_left, _ = state.jobs.ledger.left(owner)
@@ -142,7 +144,7 @@ async def _assess(
             outcome = await ctx.elicit(question, SpendApproval)
         except Exception:  # declared the capability but could not ask after all (some clients do)
             logger.info("the client declared elicitation but the spend question failed", exc_info=True)
-            return Assessment("cannot_ask", reason)
+            return Assessment("cannot_ask", reason, shared=state.settings.oauth)
         if isinstance(outcome, AcceptedElicitation):
             return outcome.data
         return Assessment("declined" if isinstance(outcome, DeclinedElicitation) else "dismissed")
@@ -173,6 +175,13 @@ def approval_of(outcome: Approval) -> str | None:
             if data.verdict == "over_call_limit":
                 raise SpendRefused(
                     f"Not submitted, nothing was spent: {data.reason}. Raise max_cost_usd or drop it."
+                )
+            if data.verdict == "cannot_ask" and data.shared:
+                raise SpendRefused(
+                    f"Not submitted, nothing was spent: {data.reason}, and this MCP client cannot ask the user to "
+                    "approve it. For the user (the assistant cannot approve spending): this server's operator "
+                    "sets the limits (FLUX_MCP_USER_BUDGETS can give you your own); ask them, or use a client "
+                    "that supports elicitation, which asks you each time."
                 )
             if data.verdict == "cannot_ask":
                 raise SpendRefused(
