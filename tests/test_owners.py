@@ -35,12 +35,17 @@ SCHNELL = {"prompt": "a fox in the snow", "model": "fal-ai/flux/schnell"}
 
 
 @asynccontextmanager
-async def as_user(origin: str, issuer: Issuer, audience: str, subject: str) -> AsyncIterator[Client]:
-    """An MCP client over Streamable HTTP with ``subject``'s token."""
+async def as_user(
+    origin: str, issuer: Issuer, audience: str, subject: str, mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """An MCP client over Streamable HTTP with ``subject``'s token (``mode``: "legacy" for a session)."""
     authorised = httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {issuer.token(subject, aud=audience)}"}
     )
-    async with authorised, Client(streamable_http_client(f"{origin}/mcp", http_client=authorised)) as client:
+    async with (
+        authorised,
+        Client(streamable_http_client(f"{origin}/mcp", http_client=authorised), mode=mode) as client,
+    ):
         yield client
 
 
@@ -69,19 +74,25 @@ async def probe(client: Client, job_id: str) -> dict[str, Any]:
     return answers
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_another_users_job_is_answered_like_a_job_that_does_not_exist(
-    oauth_settings: Settings, issuer: Issuer, audience: str, sock: socket.socket, emulator: Emulator
+    oauth_settings: Settings,
+    issuer: Issuer,
+    audience: str,
+    sock: socket.socket,
+    emulator: Emulator,
+    mode: str,
 ) -> None:
     server = build_server(oauth_settings)
     with serve(http_app(server, "streamable-http", port=sock.getsockname()[1]), sock) as origin:
-        async with as_user(origin, issuer, audience, "alice") as alice:
+        async with as_user(origin, issuer, audience, "alice", mode) as alice:
             done = await alice.call_tool("generate_image", SCHNELL)
             assert done.structured_content["status"] == "completed", done.content
             done_id = done.structured_content["job_id"]
             emulator.config.queue_depth = 50  # the next job waits in fal's queue: cancellable
             queued_id = (await alice.call_tool("submit_job", SCHNELL)).structured_content["job_id"]
 
-            async with as_user(origin, issuer, audience, "bob") as bob:
+            async with as_user(origin, issuer, audience, "bob", mode) as bob:
                 made_up = await probe(bob, str(uuid.uuid4()))
                 assert all(answer[0] for answer in made_up.values()), made_up  # each one an error
                 assert "No job '<id>'" in made_up["check_status"][1]
