@@ -63,6 +63,7 @@ class Limits:
 
     @classmethod
     def of(cls, settings: Settings, owner: str) -> Limits:
+        """``owner``'s limits, limit by limit: an entry that sets only a daily budget keeps the others."""
         own = settings.user_budgets.get(owner)
 
         def pick(field: str, default: str) -> Limit:
