@@ -300,7 +300,6 @@ async def refusal(client: Client, uri: str) -> str:
     return str(refused.value)
 
 
-@pytest.mark.xfail(reason="needs ownership (issue12-owners)", strict=False)
 async def test_one_user_cannot_see_or_cancel_another_users_jobs_on_either_replica(
     team: Team, emulator: Emulator
 ) -> None:
