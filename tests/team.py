@@ -79,6 +79,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (an orderly stop for the server, a fast one for nginx), SIGKILL if that takes over 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 @dataclass
 class Replica:
     """One ``fal-flux-mcp serve --transport streamable-http`` process."""
@@ -124,14 +136,7 @@ class Replica:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop(self.process)
 
 
 @dataclass
@@ -203,14 +208,7 @@ http {{
         return counts
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # fast shutdown: open event streams are cut
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        stop(self.process)  # nginx's fast shutdown: open event streams are cut
 
 
 @dataclass

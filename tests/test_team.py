@@ -3,11 +3,13 @@ one PostgreSQL, each a real ``fal-flux-mcp`` process (see tests/team.py for the 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +55,23 @@ def issuer() -> Iterator[Issuer]:
 
 
 @pytest.fixture
-def team(emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path) -> Iterator[Team]:
-    with running_team(
+def start_team(
+    emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path
+) -> Callable[..., AbstractContextManager[Team]]:
+    """Starts the topology on this test's emulator, issuer, database and folder (``running_team``'s options)."""
+    return functools.partial(
+        running_team,
         emulator_url=emulator.url,
         fal_key=emulator.key,
         issuer=issuer,
         database_url=database_url,
         folder=tmp_path,
-    ) as running:
+    )
+
+
+@pytest.fixture
+def team(start_team: Callable[..., AbstractContextManager[Team]]) -> Iterator[Team]:
+    with start_team() as running:
         yield running
 
 
@@ -176,17 +187,9 @@ def approving(asked: list[str]) -> Any:
 
 
 @pytest.fixture
-def asking_team(emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path) -> Iterator[Team]:
+def asking_team(start_team: Callable[..., AbstractContextManager[Team]]) -> Iterator[Team]:
     """The team with a per-call limit under ultra's price ($0.06): such a call asks the user first."""
-    env = {"FLUX_MCP_MAX_USD_PER_CALL": "0.05"}
-    with running_team(
-        emulator_url=emulator.url,
-        fal_key=emulator.key,
-        issuer=issuer,
-        database_url=database_url,
-        folder=tmp_path,
-        env=env,
-    ) as running:
+    with start_team(env={"FLUX_MCP_MAX_USD_PER_CALL": "0.05"}) as running:
         yield running
 
 
@@ -232,17 +235,9 @@ async def test_legacy_clients_are_served_by_any_replica_and_refused_in_words_ove
 
 
 async def test_without_shared_keys_the_answer_on_the_other_replica_is_refused_and_nothing_is_spent(
-    emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path
+    start_team: Callable[..., AbstractContextManager[Team]], emulator: Emulator
 ) -> None:
-    with running_team(
-        emulator_url=emulator.url,
-        fal_key=emulator.key,
-        issuer=issuer,
-        database_url=database_url,
-        folder=tmp_path,
-        keys=None,
-        env={"FLUX_MCP_MAX_USD_PER_CALL": "0.05"},
-    ) as team:
+    with start_team(keys=None, env={"FLUX_MCP_MAX_USD_PER_CALL": "0.05"}) as team:
         route = ToolCallsAlternate(team.replicas)
         asked: list[str] = []
         async with team.client(
@@ -261,18 +256,11 @@ async def test_without_shared_keys_the_answer_on_the_other_replica_is_refused_an
 
 
 async def test_a_budget_both_replicas_share_is_never_exceeded_under_ten_concurrent_calls(
-    emulator: Emulator, issuer: Issuer, database_url: str, tmp_path: Path
+    start_team: Callable[..., AbstractContextManager[Team]], emulator: Emulator
 ) -> None:
     emulator.config.job_seconds = 0.5
     budget = {"FLUX_MCP_DAILY_BUDGET_USD": "0.20", "FLUX_MCP_MAX_USD_PER_CALL": "off"}  # three at $0.06
-    with running_team(
-        emulator_url=emulator.url,
-        fal_key=emulator.key,
-        issuer=issuer,
-        database_url=database_url,
-        folder=tmp_path,
-        env=budget,
-    ) as team:
+    with start_team(env=budget) as team:
         results: list[CallToolResult] = []
         async with team.client("alice") as client:
 
