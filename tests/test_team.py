@@ -36,6 +36,7 @@ from tests.team import (
     running_team,
     wait_until,
 )
+from tests.test_settings import run_cli
 
 pytestmark = pytest.mark.anyio
 
@@ -145,6 +146,17 @@ async def test_missing_bad_signature_wrong_audience_and_expired_tokens_are_refus
             },
         )
         assert good.status_code == 200, good.text
+        # The audience's Host passes the replicas' DNS-rebinding check behind nginx; another name does not.
+        rebound = await http.post(
+            f"{team.origin}/mcp",
+            json=initialize,
+            headers={
+                "Accept": "application/json, text/event-stream",
+                "Authorization": f"Bearer {team.token('alice')}",
+                "Host": f"rebound.example:{team.nginx.port}",
+            },
+        )
+        assert rebound.status_code == 421, rebound.text
     answered = team.nginx.answered_by()  # each replica refused every kind of bad token
     assert all(answered[replica.upstream] >= len(tokens) for replica in team.replicas), answered
 
@@ -389,3 +401,12 @@ def test_compose_describes_the_topology_the_tests_run() -> None:
     )
     for variable in sorted(set(given) - TEST_ONLY):
         assert f"{variable}:" in compose or f"{variable}=" in dockerfile, variable
+
+
+def test_request_state_keys_too_short_stop_the_start_in_words_without_showing_them(tmp_path: Path) -> None:
+    short = "a-secret-but-short"
+    env = {"FLUX_MCP_REQUEST_STATE_KEYS": f"{'k' * 64},{short}", "FLUX_MCP_STATE_DIR": str(tmp_path / "s")}
+    completed = run_cli("serve", "--transport", "streamable-http", env=env, home=tmp_path)
+    assert completed.returncode == 2
+    assert "FLUX_MCP_REQUEST_STATE_KEYS=(hidden): every key must be at least 32 bytes" in completed.stderr
+    assert short not in completed.stderr and "k" * 64 not in completed.stderr
