@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourcesListChanged
 from mcp.types import CallToolResult, ElicitResult
 
 from fal_flux_mcp.emulator import Emulator
@@ -105,6 +106,25 @@ async def test_a_job_submitted_through_one_replica_is_finished_and_seen_through_
             assert seen.structured_content["status"] == "completed", text_of(seen)
     answered = team.nginx.answered_by()
     assert answered[first.upstream] > 0 and answered[second.upstream] > 0, answered
+
+
+@pytest.mark.xfail(reason="needs change notifications across replicas (issue12-leases)", strict=False)
+async def test_a_client_listening_on_one_replica_hears_of_a_job_the_other_finished(
+    team: Team, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.5
+    first, second = team.replicas
+    async with team.client("alice", origin=second.origin) as listener:  # a listen stream stays on one replica
+        async with listener.listen(resources_list_changed=True) as events:
+            async with team.client("alice", origin=first.origin) as client:  # which submits, and follows it
+                submitted = await client.call_tool("submit_job", SCHNELL)
+            assert not submitted.is_error, text_of(submitted)
+            with anyio.fail_after(15):
+                event = await anext(aiter(events))
+        assert isinstance(event, ResourcesListChanged)
+        listed = await listener.list_resources()
+    job_id = submitted.structured_content["job_id"]
+    assert f"flux://images/{job_id}/0" in [str(resource.uri) for resource in listed.resources]
 
 
 async def test_missing_bad_signature_wrong_audience_and_expired_tokens_are_refused(
