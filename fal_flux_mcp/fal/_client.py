@@ -69,15 +69,24 @@ class FalClient:
         part_size: int = 10 * MiB,
         poll_interval: float = 0.25,
         max_download_bytes: int = 64 * MiB,
+        streams: httpx.AsyncClient | None = None,
     ) -> None:
         self.hosts = FalHosts(base_url)
         self._owns_http = http is None
+        self._options = {
+            "base_url": base_url,
+            "retry": retry,
+            "multipart_threshold": multipart_threshold,
+            "part_size": part_size,
+            "poll_interval": poll_interval,
+            "max_download_bytes": max_download_bytes,
+        }
         self.http = http or http_client(max_connections=16, keepalive=16)
         # Status streams stay open for a job's whole life. In a pool of their own they neither take
         # the request pool's slots nor make it drop its idle keep-alive connections (httpcore counts
         # every open connection against max_keepalive_connections), which under load would cost a
         # new connection, and against fal a new TLS handshake, for every request.
-        self._streams = http or http_client(max_connections=1000, keepalive=10, queue=False)
+        self._streams = streams or http or http_client(max_connections=1000, keepalive=10, queue=False)
         self._transport = FalTransport(
             self.http, self.hosts, key, retry or RetryPolicy(), streams=self._streams
         )
@@ -99,7 +108,18 @@ class FalClient:
                 max_delay=settings.retry_max_delay,
             ),
         )
-        return cls(settings.fal_credentials(), base_url=settings.fal_url, **kwargs)
+        # With each user's own key (FLUX_MCP_USER_KEYS=on) the server's key is never sent: this client
+        # then only lends its connections to the users' clients (``with_key``) and downloads.
+        key = None if settings.user_keys else settings.fal_credentials()
+        return cls(key, base_url=settings.fal_url, **kwargs)
+
+    def with_key(self, key: str | None) -> FalClient:
+        """A client like this one that sends ``key``, through this one's connection pools.
+
+        For a server whose users each bring their own key: one pool for all of them, so that a
+        hundred users cost no more connections than one. Closing it leaves the pools open.
+        """
+        return FalClient(key, http=self.http, streams=self._streams, **self._options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> FalClient:
         return self

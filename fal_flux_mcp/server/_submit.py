@@ -19,6 +19,7 @@ from fal_flux_mcp.server._errors import JobError, SpendRefused, reason_of
 from fal_flux_mcp.server._inputs import AllowedDirs, journal_arguments, no_dirs
 from fal_flux_mcp.server._journal import JobRecord, SubmitIntent
 from fal_flux_mcp.server._schemas import GenerationParams
+from fal_flux_mcp.server._user_keys import caller
 
 if TYPE_CHECKING:
     from fal_flux_mcp.server._jobs import JobService
@@ -50,6 +51,7 @@ async def submit(
         raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
     intent = SubmitIntent(
         intent_id=uuid.uuid4().hex,
+        owner=caller(),
         endpoint_id=model.endpoint_id,
         arguments=fal_input.model_dump(mode="json", exclude_none=True),
         prompt=params.prompt,
@@ -81,7 +83,9 @@ async def submit(
             "again to be asked."
         )
     try:
-        handle = await jobs.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
+        handle = await jobs.fal_for(intent.owner).submit(
+            model.endpoint_id, fal_input, webhook_url=webhook_url
+        )
     except SubmissionStateUnknownError as exc:
         jobs.reconcile_in_background(intent)
         raise JobError(
@@ -97,6 +101,7 @@ async def submit(
         raise
     record = JobRecord(
         job_id=handle.request_id,
+        owner=intent.owner,
         endpoint_id=handle.endpoint_id,
         status_url=handle.status_url,
         response_url=handle.response_url,

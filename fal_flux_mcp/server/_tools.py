@@ -53,6 +53,7 @@ from fal_flux_mcp.server._schemas import (
 )
 from fal_flux_mcp.server._submit import submit
 from fal_flux_mcp.server._uploads import UploadRefused, decode_image_data, open_local_image
+from fal_flux_mcp.server._user_keys import caller
 
 logger = logging.getLogger("fal_flux_mcp.server")
 
@@ -299,7 +300,7 @@ def register_tools(server: FluxServer) -> None:
                 dirs = await allowed_dirs(ctx, state)
                 hard_links = state.settings.allow_hard_links
                 with await open_local_image(params.path, dirs, limit, allow_hard_links=hard_links) as local:
-                    url = await state.jobs.fal.upload_from_file(
+                    url = await state.jobs.fal_for(caller()).upload_from_file(
                         local, size=local.size, content_type=local.content_type, file_name=local.file_name
                     )
                 return UploadResult(
@@ -307,7 +308,7 @@ def register_tools(server: FluxServer) -> None:
                 )
             assert params.data is not None
             decoded = decode_image_data(params.data, params.file_name, limit)
-            url = await state.jobs.fal.upload_bytes(
+            url = await state.jobs.fal_for(caller()).upload_bytes(
                 decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
             )
             return UploadResult(
