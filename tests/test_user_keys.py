@@ -206,8 +206,27 @@ async def test_a_client_that_cannot_elicit_gets_the_link_and_nothing_is_spent(
             saved = await browser.enter_key(link_in(refused), ALICE_KEY)
             assert saved.status_code == 200 and "Key saved" in saved.text
             retried = await mcp.call_tool("generate_image", SCHNELL)
+            emulator.config.queue_depth = 50  # the next job waits in the queue: there is time to cancel it
+            queued = await mcp.call_tool("submit_job", SCHNELL)
+            cancelled = await mcp.call_tool("cancel_job", {"job_id": queued.structured_content["job_id"]})
     assert not retried.is_error, text_of(retried)
     assert emulator.job(retried.structured_content["job_id"]).account == "alice-key-id"
+    assert cancelled.structured_content["cancelled"], text_of(cancelled)
+    assert emulator.job(queued.structured_content["job_id"]).cancelled
+
+
+async def test_a_users_lost_submission_is_found_in_their_own_history(team: Team, emulator: Emulator) -> None:
+    """fal's request history is per account: only the user's own key finds the job their call lost."""
+    emulator.inject("submit", "drop", count=1)  # fal queues the job, then the answer is lost
+    with team.serving() as origin:
+        async with team.user(origin, "alice") as mcp:
+            await Browser().enter_key(link_in(await mcp.call_tool("submit_job", SCHNELL)), ALICE_KEY)
+            lost = await mcp.call_tool("submit_job", SCHNELL)
+            assert lost.is_error and "request history" in text_of(lost)
+            (job,) = emulator.jobs()
+            with open_journal(team.settings) as journal:
+                assert await completed(journal, job.request_id) == "completed"
+    assert job.account == "alice-key-id" and emulator.counters["submit"] == 1
 
 
 async def test_the_page_takes_only_a_good_ticket_and_never_shows_the_key(
@@ -291,3 +310,15 @@ def test_user_keys_need_a_long_secret(secret: str | None, said: str) -> None:
     with pytest.raises(ValidationError) as raised:
         Settings(user_keys=True, user_keys_secret=secret)
     assert "FLUX_MCP_USER_KEYS_SECRET" in str(raised.value) and said in str(raised.value)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_user_who_declines_the_page_spends_nothing(team: Team, emulator: Emulator, mode: str) -> None:
+    async def decline(context: object, params: Any) -> ElicitResult:
+        return ElicitResult(action="decline")
+
+    with team.serving() as origin:
+        async with team.user(origin, "alice", mode=mode, elicitation_callback=decline) as mcp:
+            refused = await mcp.call_tool("generate_image", SCHNELL)
+    assert refused.is_error and "/keys?ticket=" in text_of(refused), text_of(refused)
+    assert emulator.counters["submit"] == 0

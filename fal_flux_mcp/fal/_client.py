@@ -49,6 +49,8 @@ _STREAM_TIMEOUT = httpx.Timeout(5.0, read=60.0)
 #: Consecutive broken status streams before falling back to polling.
 _STREAM_ATTEMPTS = 3
 _MAX_POLL_INTERVAL = 2.0
+#: The constructor's arguments that ``with_key`` does not copy.
+_NOT_COPIED = frozenset({"self", "key", "http", "streams"})
 
 
 class FalClient:
@@ -71,16 +73,10 @@ class FalClient:
         max_download_bytes: int = 64 * MiB,
         streams: httpx.AsyncClient | None = None,
     ) -> None:
+        # How this client was configured, but for its key and pools: what ``with_key`` copies.
+        self._options = {name: value for name, value in locals().items() if name not in _NOT_COPIED}
         self.hosts = FalHosts(base_url)
         self._owns_http = http is None
-        self._options = {
-            "base_url": base_url,
-            "retry": retry,
-            "multipart_threshold": multipart_threshold,
-            "part_size": part_size,
-            "poll_interval": poll_interval,
-            "max_download_bytes": max_download_bytes,
-        }
         self.http = http or http_client(max_connections=16, keepalive=16)
         # Status streams stay open for a job's whole life. In a pool of their own they neither take
         # the request pool's slots nor make it drop its idle keep-alive connections (httpcore counts

@@ -16,6 +16,7 @@ import logging
 import uuid
 from typing import Any
 
+import anyio
 from mcp.server.elicitation import AcceptedUrlElicitation
 from mcp.server.mcpserver import Context
 from mcp.types import (
@@ -83,18 +84,23 @@ async def ask_for_key(
             return _refusal(f"No fal key was stored for you yet. {open_it}")
         request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=url))
         return InputRequiredResult(input_requests={INPUT_KEY: request})
+    # An older connection asks mid-call: the call waits for the user to store the key, not for ever
+    # (some clients declare elicitation and never answer).
     elicitation_id = uuid.uuid4().hex
-    try:
-        outcome = await ctx.elicit_url(message, url, elicitation_id=elicitation_id)
-    except Exception:  # declared URL mode but could not take the request after all
-        logger.info("the client declared URL elicitation but the request failed", exc_info=True)
-        return _refusal(f"You have no fal key stored here. {open_it}")
-    if not isinstance(outcome, AcceptedUrlElicitation):
-        return _refusal(f"The key page was not opened, so you still have no fal key stored here. {open_it}")
-    if await keys.wait_for_key(user, settings.approval_timeout_seconds):
-        try:  # the spec's word to the client that the page is done with
-            await ctx.request_context.session.send_elicit_complete(elicitation_id, ctx.request_id)
-        except Exception:
-            logger.info("could not tell the client the key page is done", exc_info=True)
-        return None
-    return _refusal(f"No fal key was stored in time. {open_it}")
+    with anyio.move_on_after(settings.approval_timeout_seconds):
+        try:
+            outcome = await ctx.elicit_url(message, url, elicitation_id=elicitation_id)
+        except Exception:  # declared URL mode but could not take the request after all
+            logger.info("the client declared URL elicitation but the request failed", exc_info=True)
+            return _refusal(f"You have no fal key stored here. {open_it}")
+        if not isinstance(outcome, AcceptedUrlElicitation):
+            return _refusal(
+                f"The key page was not opened, so you still have no fal key stored here. {open_it}"
+            )
+        if await keys.wait_for_key(user, settings.approval_timeout_seconds):
+            try:  # the spec's word to the client that the page is done with
+                await ctx.request_context.session.send_elicit_complete(elicitation_id, ctx.request_id)
+            except Exception:
+                logger.info("could not tell the client the key page is done", exc_info=True)
+            return None
+    return _refusal(f"No fal key was stored in time (FLUX_MCP_APPROVAL_TIMEOUT_SECONDS). {open_it}")
