@@ -120,8 +120,8 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(
         default=None,
-        description="The origin users' browsers reach this server at (e.g. https://flux.example.com), for "
-        "the link to the key page; unset: the origin of the MCP request.",
+        description="The origin users' browsers reach this server at (e.g. https://flux.example.com, no "
+        "path), for the link to the key page; unset: the origin of the MCP request.",
     )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("fal_url", mode="after")
+    @field_validator("fal_url", "public_url", mode="after")
     @classmethod
     def _origin(cls, value: str | None) -> str | None:
         # Checked here rather than at the first fal call, so that a typo stops the server at start.
@@ -194,18 +194,8 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
-            raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
+            raise ValueError("not an http(s) origin such as http://127.0.0.1:8765 (no path)")
         return value.strip()
-
-    @field_validator("public_url", mode="after")
-    @classmethod
-    def _public_origin(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValueError("not an http(s) URL such as https://flux.example.com")
-        return value.strip().rstrip("/")
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -9,6 +9,7 @@ page is driven as a browser would: GET the link, POST the form.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import socket
@@ -136,6 +137,14 @@ def entering(browser: Browser, key: str, urls: list[str]) -> Any:
     return callback
 
 
+def renamed(ticket: str, subject: str) -> str:
+    """``ticket`` made out to ``subject`` instead, keeping its signature."""
+    body, _, mac = ticket.partition(".")
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claimed = json.dumps({**claims, "sub": subject}).encode()
+    return base64.urlsafe_b64encode(claimed).decode().rstrip("=") + "." + mac
+
+
 def link_in(result: CallToolResult) -> str:
     match = re.search(r"(http://\S+/keys\?ticket=[\w.-]+)", text_of(result))
     assert match is not None, text_of(result)
@@ -245,6 +254,7 @@ async def test_the_page_takes_only_a_good_ticket_and_never_shows_the_key(
             "expired": sealer.ticket("alice", now=time.time() - TICKET_SECONDS - 1),
             "another server's": Sealer("another secret, also long enough to be valid!!").ticket("alice"),
             "none": "",
+            "renamed to bob": renamed(ticket, "bob"),
         }
         for name, bad in forged.items():
             opened = await browser.open(f"{page}?ticket={bad}")
@@ -321,4 +331,17 @@ async def test_a_user_who_declines_the_page_spends_nothing(team: Team, emulator:
         async with team.user(origin, "alice", mode=mode, elicitation_callback=decline) as mcp:
             refused = await mcp.call_tool("generate_image", SCHNELL)
     assert refused.is_error and "/keys?ticket=" in text_of(refused), text_of(refused)
+    assert emulator.counters["submit"] == 0
+
+
+async def test_without_http_the_link_needs_the_public_url(settings: Settings, emulator: Emulator) -> None:
+    """Over stdio (here: in memory) there is no request to take the page's address from."""
+    settings.user_keys, settings.user_keys_secret = True, SecretStr(SECRET)
+    async with Client(build_server(settings)) as mcp:
+        nowhere = await mcp.call_tool("submit_job", SCHNELL)
+    settings.public_url = "https://flux.example.test/"
+    async with Client(build_server(settings)) as mcp:
+        linked = await mcp.call_tool("submit_job", SCHNELL)
+    assert nowhere.is_error and "FLUX_MCP_PUBLIC_URL" in text_of(nowhere)
+    assert linked.is_error and "https://flux.example.test/keys?ticket=" in text_of(linked)
     assert emulator.counters["submit"] == 0

@@ -38,7 +38,7 @@ INPUT_KEY = "fal_flux_mcp.fal_key"
 
 def key_page_url(ctx: Context[Any, Any], settings: Settings, ticket: str) -> str | None:
     """The key page's link for ``ticket``: under ``FLUX_MCP_PUBLIC_URL``, else where this request came."""
-    origin = settings.public_url
+    origin = settings.public_url.rstrip("/") if settings.public_url else None
     if origin is None:
         request = ctx.request_context.request
         base_url = getattr(request, "base_url", None)
