@@ -97,8 +97,8 @@ class Journal(ABC):
         """
 
     @abstractmethod
-    def _lock_budgets(self, session: Session) -> None:
-        """Serialise budget checks across processes until this transaction ends."""
+    def _lock_budgets(self, session: Session, owner: str) -> None:
+        """Serialise the budget checks of ``owner`` across processes until this transaction ends."""
 
     @abstractmethod
     def close(self) -> None:
@@ -129,7 +129,7 @@ class Journal(ABC):
         """
         row = intent_row(intent)
         with self._session(write=True, synced=True) as session:
-            self._lock_budgets(session)
+            self._lock_budgets(session, intent.owner)
             refusal = check(session) if check is not None else None
             if refusal is None:
                 session.run(
@@ -169,14 +169,20 @@ class Journal(ABC):
                 "UPDATE intents SET state = ?, note = ? WHERE intent_id = ?", (state, note, intent_id)
             )
 
-    def intents(self) -> list[SubmitIntent]:
-        """Submissions not yet known to be jobs, oldest first."""
-        rows = self.read(f"SELECT * FROM intents ORDER BY created_at, {self._ORDER}")
+    def intents(self, owner: str | None = None) -> list[SubmitIntent]:
+        """Submissions not yet known to be jobs, oldest first (only ``owner``'s when given)."""
+        where, parameters = _owned(owner, "WHERE")
+        rows = self.read(f"SELECT * FROM intents {where}ORDER BY created_at, {self._ORDER}", parameters)
         return [intent_from_row(row) for row in rows]
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """The job with fal request id ``job_id``, or None if this journal never saw it."""
-        rows = self.read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job with fal request id ``job_id``, or None if this journal never saw it.
+
+        ``owner``: None only where the server works for whoever owns the job (following, saving); a
+        user's lookup passes the user, and another user's job is then None, as if it never existed.
+        """
+        where, parameters = _owned(owner, "AND")
+        rows = self.read(f"SELECT * FROM jobs WHERE job_id = ? {where}", (job_id, *parameters))
         return from_row(rows[0]) if rows else None
 
     def update(self, job_id: str, /, **fields: Any) -> JobRecord:
@@ -237,19 +243,24 @@ class Journal(ABC):
             )
             return session.run(f"DELETE FROM jobs WHERE {PRUNABLE_SQL}", (before,))
 
-    def recent(self, limit: int = 20) -> list[JobRecord]:
-        """The ``limit`` most recently submitted jobs, newest first."""
+    def recent(self, limit: int = 20, owner: str | None = None) -> list[JobRecord]:
+        """The ``limit`` most recently submitted jobs, newest first (only ``owner``'s when given)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        rows = self.read(f"SELECT * FROM jobs ORDER BY created_at DESC, {self._ORDER} DESC LIMIT ?", (limit,))
+        where, parameters = _owned(owner, "WHERE")
+        rows = self.read(
+            f"SELECT * FROM jobs {where}ORDER BY created_at DESC, {self._ORDER} DESC LIMIT ?",
+            (*parameters, limit),
+        )
         return [from_row(row) for row in rows]
 
-    def recently_completed(self, limit: int) -> list[str]:
-        """The ids of the ``limit`` most recently completed jobs, newest first."""
+    def recently_completed(self, limit: int, owner: str | None = None) -> list[str]:
+        """The ids of the ``limit`` most recently completed jobs, newest first (only ``owner``'s when given)."""
+        where, parameters = _owned(owner, "AND")
         rows = self.read(
-            f"SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY completed_at DESC, {self._ORDER} DESC "
-            "LIMIT ?",
-            (limit,),
+            f"SELECT job_id FROM jobs WHERE status = 'completed' {where}ORDER BY completed_at DESC, "
+            f"{self._ORDER} DESC LIMIT ?",
+            (*parameters, limit),
         )
         return [row["job_id"] for row in rows]
 
@@ -285,6 +296,11 @@ class Journal(ABC):
         """Forget ``owner``'s fal key; whether there was one."""
         with self._session(write=True, synced=True) as session:
             return session.run("DELETE FROM user_keys WHERE owner = ?", (owner,)) > 0
+
+
+def _owned(owner: str | None, keyword: str) -> tuple[str, tuple[str, ...]]:
+    """The condition (after ``keyword``) that keeps only ``owner``'s rows, and its parameter; none for None."""
+    return ("", ()) if owner is None else (f"{keyword} owner = ? ", (owner,))
 
 
 def _insert_job(session: Session, record: JobRecord) -> int:

@@ -23,7 +23,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,7 +30,6 @@ import anyio
 from fal_flux_mcp.fal._keys import key_problem
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._journal import Journal
-from fal_flux_mcp.server._records import LOCAL_OWNER
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,15 +46,6 @@ NEEDS_KEY = frozenset(
 #: The path of the key page, beside ``/mcp``.
 KEY_PAGE_PATH = "/keys"
 _SEALED_PREFIX = "v1."
-
-#: The user the current tool call is for (set around every call by ``FluxServer.call_tool``): whose
-#: key uploads and other fal calls made while the call runs are sent with.
-CALLER: ContextVar[str | None] = ContextVar("fal_flux_mcp_caller", default=None)
-
-
-def caller() -> str:
-    """The user the current tool call is for (``LOCAL_OWNER`` outside one)."""
-    return CALLER.get() or LOCAL_OWNER
 
 
 class NoUserKey(JobError):
