@@ -301,7 +301,7 @@ def register_tools(server: FluxServer) -> None:
         (JPEG, PNG, WebP, GIF, AVIF) are accepted.
         """
         state = _state(ctx)
-        fal = state.jobs.fal_for(require_user(ctx))  # only for a verified user, with their key if they bring one
+        fal = state.jobs.fal_for(require_user(ctx))  # a verified user's, with their own key if they have one
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
