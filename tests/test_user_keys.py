@@ -283,10 +283,12 @@ async def test_the_page_takes_only_a_good_ticket_and_never_shows_the_key(
 
 
 async def test_another_server_follows_a_users_job_with_that_users_key(
-    team: Team,
-    emulator: Emulator,
+    team: Team, emulator: Emulator, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """The server that submitted the job stops; the next one finishes it in the background."""
+    """The server that submitted the job stops; the next one, on the same journal (a SQLite file, or
+    a PostgreSQL database as replicas share), finishes it in the background."""
+    if backend == "postgres":
+        team.settings.database_url = SecretStr(request.getfixturevalue("database_url"))
     emulator.config.job_seconds = 1.0
     with team.serving() as origin:
         async with team.user(origin, "bob") as mcp:
