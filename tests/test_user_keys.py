@@ -347,3 +347,20 @@ async def test_without_http_the_link_needs_the_public_url(settings: Settings, em
     assert nowhere.is_error and "FLUX_MCP_PUBLIC_URL" in text_of(nowhere)
     assert linked.is_error and "https://flux.example.test/keys?ticket=" in text_of(linked)
     assert emulator.counters["submit"] == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_user_who_opens_the_page_but_saves_nothing_spends_nothing(
+    team: Team, emulator: Emulator, mode: str
+) -> None:
+    """Accepting only means the user went to the page: without a key stored, the call does not go on."""
+    team.settings.approval_timeout_seconds = 0.5  # how long an older connection's call waits for the key
+
+    async def open_only(context: object, params: Any) -> ElicitResult:
+        return ElicitResult(action="accept")
+
+    with team.serving() as origin:
+        async with team.user(origin, "alice", mode=mode, elicitation_callback=open_only) as mcp:
+            refused = await mcp.call_tool("submit_job", SCHNELL)
+    assert refused.is_error and "No fal key was stored" in text_of(refused), text_of(refused)
+    assert emulator.counters["submit"] == 0
