@@ -38,6 +38,7 @@ from tests.team import (
     wait_until,
 )
 from tests.test_settings import run_cli
+from tests.test_user_keys import ALICE_KEY, BOB_KEY, SECRET, Browser, entering, link_in
 
 pytestmark = pytest.mark.anyio
 
@@ -430,3 +431,35 @@ def test_request_state_keys_too_short_stop_the_start_in_words_without_showing_th
     assert completed.returncode == 2
     assert "FLUX_MCP_REQUEST_STATE_KEYS=(hidden): every key must be at least 32 bytes" in completed.stderr
     assert short not in completed.stderr and "k" * 64 not in completed.stderr
+
+
+async def test_users_keys_entered_on_either_replica_pay_for_their_jobs_on_both(
+    start_team: Callable[..., AbstractContextManager[Team]], emulator: Emulator
+) -> None:
+    emulator.config.keys = [ALICE_KEY, BOB_KEY]
+    emulator.config.job_seconds = 0.1
+    with start_team(env={"FLUX_MCP_USER_KEYS": "on", "FLUX_MCP_USER_KEYS_SECRET": SECRET}) as team:
+        # A 2026-07-28 client: sent to the key page by the first replica, its retry answered by the second.
+        route = ToolCallsAlternate(team.replicas)
+        urls: list[str] = []
+        async with team.client(
+            "alice",
+            http=httpx2.AsyncClient(transport=route),
+            elicitation_callback=entering(Browser(), ALICE_KEY, urls),
+        ) as alice:
+            paid = await alice.call_tool("generate_image", SCHNELL)
+        assert not paid.is_error, text_of(paid)
+        assert route.calls == ["replica-1", "replica-2"] and len(urls) == 1
+        assert emulator.job(paid.structured_content["job_id"]).account == "alice-key-id"
+
+        # An older client through nginx, without a session: no mid-call question, but the link to the page,
+        # at nginx's address; the page's form may be answered by either replica.
+        async with team.client("bob", mode="legacy") as bob:
+            refused = await bob.call_tool("generate_image", SCHNELL)
+            assert refused.is_error and link_in(refused).startswith(f"{team.origin}/keys?"), text_of(refused)
+            saved = await Browser().enter_key(link_in(refused), BOB_KEY)
+            assert saved.status_code == 200 and "Key saved" in saved.text
+            retried = await bob.call_tool("generate_image", SCHNELL)
+    assert not retried.is_error, text_of(retried)
+    assert emulator.job(retried.structured_content["job_id"]).account == "bob-key-id"
+    assert emulator.counters["submit"] == 2
