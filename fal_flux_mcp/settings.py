@@ -106,6 +106,20 @@ class Settings(BaseSettings):
         description="postgresql://user:password@host:port/database: the job journal in PostgreSQL, shared by "
         "every server pointed at it; unset: a SQLite file in FLUX_MCP_STATE_DIR.",
     )
+    lease_seconds: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=600,
+        description="How long a server's claim on following an unfinished job lasts unless renewed (every "
+        "third of it); a server that dies has its jobs taken over by another this long after.",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="This server's name in the journal's leases (which server follows which job); unset: "
+        "host, process id and a random part.",
+    )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
         ge=0,

@@ -30,12 +30,12 @@ async def cancel(jobs: JobService, job_id: str) -> tuple[JobRecord, bool, str]:
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     before = await jobs.fal.status(jobs.handle(record))
     if before.done:
-        record = await jobs.finish(job_id)
+        record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     was_running = before.status == "IN_PROGRESS"
     answer = await jobs.fal.cancel(jobs.handle(record))
     if not answer.accepted:
-        record = await jobs.finish(job_id)
+        record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job finished ({record.status}) before the cancel reached it."
     record, _ = await jobs.poll(record)
     if record.status == "cancelled":

@@ -161,17 +161,24 @@ class Journal(ABC):
         with self._session() as session:
             return session.rows(sql, parameters)
 
-    def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
+    def fulfil_intent(
+        self, intent_id: str, record: JobRecord, *, holder: str | None = None, lease_seconds: float = 0.0
+    ) -> bool:
         """The intent became ``record``: store the job and drop the intent in one transaction.
 
         Not synced to disk one by one: should a power cut undo it, the intent is back, and is looked
         up in fal's request history at the next start like any other whose answer was lost.
+
+        ``holder``: the replica that submitted the job takes its lease in the same transaction, so no
+        other replica ever sees the new job unfollowed.
 
         False (and nothing changed) if the job is already stored, e.g. found twice by reconciliation.
         """
         with self._session(write=True) as session:
             added = _insert_job(session, record)
             session.run("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+            if added and holder is not None:
+                _claim(session, record.job_id, holder, lease_seconds, utc_now())
         return added == 1
 
     def drop_intent(self, intent_id: str) -> None:
@@ -297,15 +304,8 @@ class Journal(ABC):
         Also False for a job that needs no following (finished, nothing to save) or is not stored.
         Claiming a lease one already holds renews it.
         """
-        now = now or utc_now()
         with self._session(write=True) as session:
-            changed = session.run(
-                "UPDATE jobs SET lease_holder = ?, lease_expires = ? "
-                f"WHERE job_id = ? AND {FOLLOWED_SQL} "
-                "AND (lease_holder IS NULL OR lease_holder = ? OR lease_expires < ?)",
-                (holder, _until(now, seconds), job_id, holder, stored_time(now)),
-            )
-        return changed == 1
+            return _claim(session, job_id, holder, seconds, now or utc_now())
 
     def renew(self, holder: str, seconds: float, *, now: datetime | None = None) -> set[str]:
         """Extend every lease ``holder`` still holds by ``seconds`` from now; the ids of those jobs.
@@ -355,6 +355,16 @@ class Journal(ABC):
             (stored_time(now or utc_now()),),
         )
         return [from_row(row) for row in rows]
+
+
+def _claim(session: Session, job_id: str, holder: str, seconds: float, now: datetime) -> bool:
+    changed = session.run(
+        "UPDATE jobs SET lease_holder = ?, lease_expires = ? "
+        f"WHERE job_id = ? AND {FOLLOWED_SQL} "
+        "AND (lease_holder IS NULL OR lease_holder = ? OR lease_expires < ?)",
+        (holder, _until(now, seconds), job_id, holder, stored_time(now)),
+    )
+    return changed == 1
 
 
 def _until(now: datetime, seconds: float) -> str:
