@@ -17,13 +17,13 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
 from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal_postgres import PostgresJournal
+from fal_flux_mcp.server._journal import Journal, open_journal
 from fal_flux_mcp.server._schemas import GenerationParams, job_uri
 from fal_flux_mcp.server._submit import submit
 from fal_flux_mcp.settings import Settings
@@ -36,22 +36,31 @@ SCHNELL = "fal-ai/flux/schnell"
 LEASE = 1.0
 
 
-def replica(settings: Settings, database_url: str, name: str) -> Settings:
-    """The settings of one replica: the shared database and output folder, its own id and state folder."""
-    return settings.model_copy(
-        update={
-            "database_url": SecretStr(database_url),
-            "replica_id": name,
-            "lease_seconds": LEASE,
+def replica(settings: Settings, database: str | None, name: str) -> Settings:
+    """The settings of one replica: the shared journal and output folder, its own id.
+
+    On PostgreSQL each replica has its own state folder; on SQLite the journal is a file in the state
+    folder, so the replicas share it (two processes on one machine).
+    """
+    update: dict[str, object] = {"replica_id": name, "lease_seconds": LEASE}
+    if database is not None:
+        update |= {
+            "database_url": SecretStr(database),
             "state_dir": settings.state_dir.parent / f"state-{name}",
         }
-    )
+    return settings.model_copy(update=update)
 
 
 @pytest.fixture
-def shared(database_url: str) -> Iterator[PostgresJournal]:
+def database(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The PostgreSQL database the replicas share, or None for a SQLite file they share."""
+    return str(request.getfixturevalue("database_url")) if backend == "postgres" else None
+
+
+@pytest.fixture
+def shared(settings: Settings, database: str | None) -> Iterator[Journal]:
     """The shared journal, as the test looks at it."""
-    with PostgresJournal(database_url) as opened:
+    with open_journal(replica(settings, database, "test")) as opened:
         yield opened
 
 
@@ -60,10 +69,10 @@ def saved_files(settings: Settings) -> list[str]:
 
 
 async def test_a_job_is_finished_by_its_follower_and_seen_finished_through_another_replica(
-    settings: Settings, emulator: Emulator, database_url: str, shared: PostgresJournal
+    settings: Settings, emulator: Emulator, database: str | None, shared: Journal
 ) -> None:
     emulator.config.job_seconds = 1.0
-    a, b = replica(settings, database_url, "a"), replica(settings, database_url, "b")
+    a, b = replica(settings, database, "a"), replica(settings, database, "b")
     async with Client(build_server(a)) as on_a, Client(build_server(b)) as on_b:
         submitted = await on_a.call_tool("submit_job", {"prompt": "a red kite", "model": SCHNELL})
         job_id = submitted.structured_content["job_id"]
@@ -87,11 +96,11 @@ async def test_a_job_is_finished_by_its_follower_and_seen_finished_through_anoth
 
 @pytest.mark.parametrize("dies", ["while fal works", "after saving, before recording"])
 async def test_a_replica_that_stops_following_without_a_word_is_taken_over(
-    settings: Settings, emulator: Emulator, database_url: str, shared: PostgresJournal, dies: str
+    settings: Settings, emulator: Emulator, database: str | None, shared: Journal, dies: str
 ) -> None:
     emulator.config.job_seconds = 1.5
-    a, b = replica(settings, database_url, "a"), replica(settings, database_url, "b")
-    dead = JobService(a, PostgresJournal(database_url))
+    a, b = replica(settings, database, "a"), replica(settings, database, "b")
+    dead = JobService(a, open_journal(a))
     try:
         async with anyio.create_task_group() as group:
             dead.background.task_group = group
@@ -144,8 +153,9 @@ async def test_a_listener_on_one_replica_hears_a_job_finish_on_another(
     assert f"flux://images/{made.structured_content['job_id']}/0" in [str(r.uri) for r in listed.resources]
 
 
+@pytest.mark.parametrize("backend", ["postgres"])
 def test_a_replica_killed_mid_job_is_taken_over_and_its_job_saved_and_paid_once(
-    settings: Settings, emulator: Emulator, database_url: str, shared: PostgresJournal, tmp_path: Path
+    settings: Settings, emulator: Emulator, database_url: str, shared: Journal, tmp_path: Path
 ) -> None:
     emulator.config.job_seconds = 3.0
     doomed = StdioPeer(
@@ -223,3 +233,12 @@ async def test_each_replica_delivers_each_event_once_its_own_and_the_others(data
     expected.add(ResourceUpdated(uri="end-1"))
     for events in heard:
         assert sorted(map(repr, events)) == sorted(map(repr, expected))  # each once, none twice
+
+
+def test_the_lease_length_comes_from_the_environment_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUX_MCP_LEASE_SECONDS", "2.5")
+    monkeypatch.setenv("FLUX_MCP_REPLICA_ID", "web-1")
+    assert (Settings().lease_seconds, Settings().replica_id) == (2.5, "web-1")
+    monkeypatch.setenv("FLUX_MCP_LEASE_SECONDS", "0.1")
+    with pytest.raises(ValidationError, match="lease_seconds"):
+        Settings()
