@@ -14,6 +14,7 @@ from contextlib import aclosing
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from mcp import Client
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
@@ -242,3 +243,36 @@ def test_the_lease_length_comes_from_the_environment_and_is_checked(monkeypatch:
     monkeypatch.setenv("FLUX_MCP_LEASE_SECONDS", "0.1")
     with pytest.raises(ValidationError, match="lease_seconds"):
         Settings()
+
+
+async def test_notifications_flow_again_after_the_database_drops_the_connections(database_url: str) -> None:
+    listening, publishing = PostgresSubscriptionBus(database_url), PostgresSubscriptionBus(database_url)
+    heard: list[ServerEvent] = []
+    arrived = anyio.Event()
+
+    def on_event(event: ServerEvent) -> None:
+        heard.append(event)
+        arrived.set()
+
+    listening.subscribe(on_event)
+    async with anyio.create_task_group() as group:
+        await group.start(listening.run)
+        await publishing.publish(ResourceUpdated(uri="before"))
+        with anyio.fail_after(5):
+            await arrived.wait()
+        with psycopg.connect(database_url, autocommit=True) as admin:  # a restart, as both buses see it
+            dropped = admin.execute(
+                "SELECT pg_terminate_backend(pid) AS gone FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                "AND (query LIKE 'LISTEN %' OR query LIKE 'SELECT pg_notify%')"
+            ).fetchall()
+        assert len(dropped) == 2
+        with anyio.fail_after(10):  # the listener connects again after a short backoff; until then, nothing
+            while heard[-1] != ResourceUpdated(uri="after"):
+                arrived = anyio.Event()
+                await publishing.publish(ResourceUpdated(uri="after"))
+                with anyio.move_on_after(0.2):
+                    await arrived.wait()
+        group.cancel_scope.cancel()
+    await publishing.aclose()
+    assert heard[0] == ResourceUpdated(uri="before")
