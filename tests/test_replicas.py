@@ -21,10 +21,11 @@ from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated, Serv
 from pydantic import SecretStr, ValidationError
 
 from fal_flux_mcp.emulator import Emulator
+from fal_flux_mcp.fal import FalClient
 from fal_flux_mcp.server import build_server
 from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
 from fal_flux_mcp.server._jobs import JobService
-from fal_flux_mcp.server._journal import Journal, open_journal
+from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
 from fal_flux_mcp.server._schemas import GenerationParams, job_uri
 from fal_flux_mcp.server._submit import submit
 from fal_flux_mcp.settings import Settings
@@ -136,6 +137,36 @@ async def test_a_replica_that_stops_following_without_a_word_is_taken_over(
     assert emulator.counters["submit"] == 1
     rows = shared.read("SELECT COUNT(*) AS n, SUM(cost_usd) AS usd FROM jobs WHERE charge = 'final'")
     assert (rows[0]["n"], rows[0]["usd"]) == (1, pytest.approx(0.003))
+
+
+async def test_a_job_a_replica_holds_but_nothing_there_follows_is_followed_again(
+    settings: Settings, emulator: Emulator, database: str | None, shared: Journal
+) -> None:
+    emulator.config.job_seconds = 0.3
+    a = replica(settings, database, "a")
+    async with Client(build_server(a)) as on_a:
+        fal = FalClient.from_settings(a)
+        try:
+            handle = await fal.submit(SCHNELL, {"prompt": "a stray cat"})
+        finally:
+            await fal.aclose()
+        shared.add(
+            JobRecord(
+                job_id=handle.request_id,
+                endpoint_id=SCHNELL,
+                status_url=handle.status_url,
+                response_url=handle.response_url,
+                cancel_url=handle.cancel_url,
+                arguments={"prompt": "a stray cat"},
+                prompt="a stray cat",
+            )
+        )
+        assert shared.claim(handle.request_id, "a", LEASE)  # a's lease, but a never heard of the job
+        async with on_a.listen(resource_subscriptions=[job_uri(handle.request_id)]) as events:
+            with anyio.fail_after(5):
+                await anext(aiter(events))
+    record = shared.get(handle.request_id)
+    assert record is not None and record.status == "completed" and len(saved_files(settings)) == 1
 
 
 async def test_a_listener_on_one_replica_hears_a_job_finish_on_another(

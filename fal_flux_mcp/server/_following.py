@@ -26,6 +26,9 @@ import logging
 import os
 import secrets
 import socket
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import anyio
@@ -70,6 +73,7 @@ class Follower:
         #: How long a lease lasts unless renewed (``FLUX_MCP_LEASE_SECONDS``).
         self.lease_seconds = jobs.settings.lease_seconds
         self._changed: dict[str, anyio.Event] = {}
+        self._watched: Counter[str] = Counter()
         self._running: anyio.CancelScope | None = None
         self._stopped: anyio.Event | None = None
 
@@ -84,6 +88,25 @@ class Follower:
         False when another live replica follows it, or when it needs no following (it ended).
         """
         return self.journal.claim(job_id, self.holder, self.lease_seconds)
+
+    @contextmanager
+    def watching(self, job_id: str) -> Iterator[None]:
+        """A caller here follows ``job_id`` for a while (a tool waiting for it): no background follower
+        is needed for it meanwhile."""
+        self._watched[job_id] += 1
+        try:
+            yield
+        finally:
+            self._watched[job_id] -= 1
+            if not self._watched[job_id]:
+                del self._watched[job_id]
+
+    def _unattended(self, job_id: str) -> bool:
+        return not (
+            self._watched[job_id]
+            or self.jobs.background.running(f"follow {job_id}")
+            or self.jobs.background.running(f"save {job_id}")
+        )
 
     def follow(self, record: JobRecord) -> None:
         """Follow a job in the background until it ends, if this replica can take its lease.
@@ -175,11 +198,23 @@ class Follower:
             logger.info(
                 "following job %s (%s), which no running server followed", record.job_id, record.status
             )
-            if record.is_terminal:
-                self.save(record)
-            else:
-                self.follow(record)
+            self._attend(record)
         return taken
+
+    async def renew(self) -> None:
+        """Renew every lease this replica holds, and follow again any of those jobs nothing here follows
+        (its background work stopped on an unexpected error): a job held is never a job forgotten."""
+        held = await anyio.to_thread.run_sync(self.journal.renew, self.holder, self.lease_seconds)
+        for job_id in held:
+            if self._unattended(job_id) and (record := self.journal.get(job_id)) is not None:
+                logger.info("following job %s again: nothing here followed it", job_id)
+                self._attend(record)
+
+    def _attend(self, record: JobRecord) -> None:
+        if record.is_terminal:
+            self.save(record)
+        else:
+            self.follow(record)
 
     async def run(self) -> None:
         """Renew this replica's leases and take over unfollowed jobs, until cancelled.
@@ -192,7 +227,7 @@ class Follower:
             try:
                 while True:
                     try:
-                        await anyio.to_thread.run_sync(self.journal.renew, self.holder, self.lease_seconds)
+                        await self.renew()
                         await self.take_over()
                     except Exception:  # the database may be away for a moment; the next round tries again
                         logger.exception("could not renew leases or look for jobs to take over")
