@@ -189,25 +189,35 @@ class JobService:
         if record.is_terminal:
             return record, []
         with self.follower.watching(record.job_id):  # no background follower needed meanwhile
-            log_lines: list[str] = []
-            completed = False
-            deadline = anyio.current_time() + seconds
-            with anyio.move_on_after(seconds):
-                async with aclosing(self.fal.stream_status(self.handle(record), logs=logs)) as updates:
-                    async for status in updates:
-                        record = self._note(record, status)
-                        if status.logs:
-                            log_lines = [entry.message for entry in status.logs]
-                        if on_status is not None:
-                            await on_status(status)
-                        if status.done:
-                            completed = True
-                            break
-            if completed:
-                record = await self._finish_by(record.job_id, deadline)
-                if not record.is_terminal and wait_for_holder:
-                    record = await self.follower.wait_for_holder(record.job_id, deadline)
-            return record, log_lines
+            return await self._follow(record, seconds, logs, on_status, wait_for_holder)
+
+    async def _follow(
+        self,
+        record: JobRecord,
+        seconds: float,
+        logs: bool,
+        on_status: StatusCallback | None,
+        wait_for_holder: bool,
+    ) -> tuple[JobRecord, list[str]]:
+        log_lines: list[str] = []
+        completed = False
+        deadline = anyio.current_time() + seconds
+        with anyio.move_on_after(seconds):
+            async with aclosing(self.fal.stream_status(self.handle(record), logs=logs)) as updates:
+                async for status in updates:
+                    record = self._note(record, status)
+                    if status.logs:
+                        log_lines = [entry.message for entry in status.logs]
+                    if on_status is not None:
+                        await on_status(status)
+                    if status.done:
+                        completed = True
+                        break
+        if completed:
+            record = await self._finish_by(record.job_id, deadline)
+            if not record.is_terminal and wait_for_holder:
+                record = await self.follower.wait_for_holder(record.job_id, deadline)
+        return record, log_lines
 
     async def _finish_by(self, job_id: str, deadline: float) -> JobRecord:
         """``finish``, trying again through fal's passing trouble until ``deadline``; then as it stands."""
