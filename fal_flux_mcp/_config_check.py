@@ -121,6 +121,10 @@ def _allowed(name: str) -> str:
         text = "a text" if str in args else "a value"
     if name == "fal_url":
         text = "an http(s) origin with no path, e.g. http://127.0.0.1:8765 (unset: fal itself)"
+    if name == "user_budgets":
+        text = (
+            'a JSON object such as {"<sub>": {"daily_usd": 5, "monthly_usd": 50, "max_usd_per_call": "off"}}'
+        )
     words = {"gt": "greater than", "ge": "at least", "lt": "less than", "le": "at most"}
     bounds = [
         f"{words[attr]} {getattr(meta, attr)}"

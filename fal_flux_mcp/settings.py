@@ -6,6 +6,7 @@ Nothing else in the package reads ``os.environ``: a test or an embedding applica
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -13,7 +14,18 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: The settings that turn OAuth on, all together.
@@ -25,6 +37,23 @@ def _off_is_none(value: object) -> object:
     if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
         return None
     return value
+
+
+#: A limit in USD: a number >= 0, or off (None): no limit.
+Limit = Annotated[Annotated[float, Field(ge=0)] | None, BeforeValidator(_off_is_none)]
+
+
+class UserBudget(BaseModel):
+    """One user's limits in ``FLUX_MCP_USER_BUDGETS``; a limit left out is everyone's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    daily_usd: Limit = None
+    monthly_usd: Limit = None
+    max_usd_per_call: Limit = None
+
+
+_USER_BUDGETS = TypeAdapter(dict[str, UserBudget])
 
 
 def _default_output_dir() -> Path:
@@ -145,6 +174,11 @@ class Settings(BaseSettings):
         description="The most all calls may spend per calendar month without asking, in USD; 0: ask "
         "every time; off (the default): no limit.",
     )
+    user_budgets: Annotated[dict[str, UserBudget], NoDecode] = Field(
+        default_factory=dict,
+        description='Limits per user (the OAuth token\'s sub), as JSON: {"<sub>": {"daily_usd": 5, '
+        '"monthly_usd": 50, "max_usd_per_call": 1}}; a limit left out is everyone\'s (above); "off": no limit.',
+    )
     keep_days: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=30.0,
         gt=0,
@@ -193,6 +227,30 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
             raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
         return value.strip()
+
+    @field_validator("user_budgets", mode="before")
+    @classmethod
+    def _user_budgets(cls, value: object) -> object:
+        # Parsed and checked here, so that a typo stops the server at start with the user and limit named.
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object of users")
+        try:
+            return _USER_BUDGETS.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = " > ".join(repr(part) for part in first["loc"])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(
+                f"{where}: {message} (each user takes daily_usd, monthly_usd and max_usd_per_call, each a "
+                'number >= 0 or "off")'
+            ) from None
 
     @field_validator("database_url", mode="after")
     @classmethod
@@ -292,6 +350,8 @@ class Settings(BaseSettings):
             return str(default).lower()
         if isinstance(default, list):
             return os.pathsep.join(str(item) for item in default) or "none"
+        if isinstance(default, dict):
+            return json.dumps(default) if default else "none"
         if isinstance(default, float) and default.is_integer():
             return str(int(default))
         return str(default)

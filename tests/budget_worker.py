@@ -17,8 +17,8 @@ from fal_flux_mcp.settings import Settings
 ULTRA = "fal-ai/flux-pro/v1.1-ultra"
 
 
-def reserve(url: str, folder: str, number: int, start: Any, results: Any) -> None:
-    """One server process: open the journal, wait for the others, then try to reserve $0.06."""
+def reserve(url: str, folder: str, number: int, start: Any, results: Any, owner: str = "local") -> None:
+    """One server process: open the journal, wait for the others, then try to reserve $0.06 for ``owner``."""
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         state_dir=Path(folder) / "state",
@@ -28,5 +28,7 @@ def reserve(url: str, folder: str, number: int, start: Any, results: Any) -> Non
     with PostgresJournal(url) as journal:
         ledger = Ledger(journal, settings)
         start.wait()
-        intent = SubmitIntent(intent_id=f"intent-{number}", endpoint_id=ULTRA, arguments={}, cost_usd=0.06)
+        intent = SubmitIntent(
+            intent_id=f"intent-{number}", owner=owner, endpoint_id=ULTRA, arguments={}, cost_usd=0.06
+        )
         results.put((number, ledger.reserve(intent, approved=False)))

@@ -236,12 +236,9 @@ def test_recent_needs_a_positive_limit(journal: Journal) -> None:
         journal.recent(0)
 
 
-def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    with SqliteJournal(path) as journal:
-        journal.add(record())
-    db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
-    db.execute("DROP INDEX jobs_by_owner")  # schema 7's owners, leases and users' keys
+def back_to_schema_6(db: sqlite3.Connection) -> None:
+    """Undo schema 7 in a journal file: no owners, leases or users' keys; pruned sums without owners."""
+    db.execute("DROP INDEX jobs_by_owner")
     for table, column in (
         ("jobs", "owner"),
         ("jobs", "lease_holder"),
@@ -250,6 +247,22 @@ def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(
     ):
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute("DROP TABLE user_keys")
+    db.execute(
+        "CREATE TABLE spend_6 (bucket TEXT NOT NULL, endpoint_id TEXT NOT NULL, charge TEXT NOT NULL, "
+        "cost_usd REAL NOT NULL, jobs INTEGER NOT NULL, PRIMARY KEY (bucket, endpoint_id, charge))"
+    )
+    db.execute("INSERT INTO spend_6 SELECT bucket, endpoint_id, charge, cost_usd, jobs FROM spend")
+    db.execute("DROP TABLE spend")
+    db.execute("ALTER TABLE spend_6 RENAME TO spend")
+    db.execute("PRAGMA user_version = 6")
+
+
+def test_a_journal_of_schema_4_keeps_its_jobs_and_learns_their_input_megapixels(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with SqliteJournal(path) as journal:
+        journal.add(record())
+    db = sqlite3.connect(path)  # back to what fal-flux-mcp wrote before FLUX.2 edits were billed
+    back_to_schema_6(db)
     for table in ("jobs", "intents"):
         db.execute(f"ALTER TABLE {table} DROP COLUMN input_megapixels")
     db.execute("DROP TABLE spend")  # came with schema 6

@@ -61,16 +61,17 @@ def test_an_unreachable_database_is_a_clear_error_without_the_password(postgres_
     assert "hunter2-SECRET" not in str(raised.value)
 
 
-def test_ten_processes_against_a_budget_for_three_reserve_three(database_url: str, tmp_path: Path) -> None:
+def race_to_reserve(database_url: str, tmp_path: Path, owners: list[str]) -> list[str | None]:
+    """One fresh server process per entry of ``owners``, all reserving $0.06 for it at once: each refusal."""
     PostgresJournal(database_url).close()  # migrated once, so that the processes only race to spend
     # Fresh processes (not forks of this threaded one), forked from a server that imported the worker once.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["tests.budget_worker"])
-    start = context.Barrier(10)
+    start = context.Barrier(len(owners))
     results = context.Queue()
     processes = [
-        context.Process(target=reserve, args=(database_url, str(tmp_path), number, start, results))
-        for number in range(10)
+        context.Process(target=reserve, args=(database_url, str(tmp_path), number, start, results, owner))
+        for number, owner in enumerate(owners)
     ]
     for process in processes:
         process.start()
@@ -83,7 +84,11 @@ def test_ten_processes_against_a_budget_for_three_reserve_three(database_url: st
             process.join(timeout=10)
             if process.is_alive():
                 process.kill()
-    refusals = [refusal for _, refusal in answers]
+    return [refusal for _, refusal in sorted(answers)]
+
+
+def test_ten_processes_against_a_budget_for_three_reserve_three(database_url: str, tmp_path: Path) -> None:
+    refusals = race_to_reserve(database_url, tmp_path, ["local"] * 10)
     assert refusals.count(None) == 3
     assert all("FLUX_MCP_DAILY_BUDGET_USD" in refusal for refusal in refusals if refusal is not None)
     with PostgresJournal(database_url) as journal:

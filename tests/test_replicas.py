@@ -26,6 +26,7 @@ from fal_flux_mcp.server import build_server
 from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
+from fal_flux_mcp.server._records import LOCAL_OWNER
 from fal_flux_mcp.server._schemas import GenerationParams, job_uri
 from fal_flux_mcp.server._submit import submit
 from fal_flux_mcp.settings import Settings
@@ -106,7 +107,7 @@ async def test_a_replica_that_stops_following_without_a_word_is_taken_over(
     try:
         async with anyio.create_task_group() as group:
             dead.background.task_group = group
-            record = await submit(dead, GenerationParams(prompt="a slow heron", model=SCHNELL))
+            record = await submit(dead, GenerationParams(prompt="a slow heron", model=SCHNELL), LOCAL_OWNER)
             if dies == "while fal works":
                 dead.follow_in_background(record)
             else:  # its file is published, but the journal never hears of it

@@ -10,6 +10,7 @@ import pytest
 
 from fal_flux_mcp.server._journal import Journal
 from fal_flux_mcp.server._ledger import Ledger, today_and_this_month
+from fal_flux_mcp.server._records import LOCAL_OWNER as LOCAL
 from fal_flux_mcp.server._retention import prune
 from fal_flux_mcp.settings import Settings
 from tests.test_journal import record
@@ -65,15 +66,25 @@ def test_pruning_this_months_jobs_keeps_todays_spend_and_budget(tmp_path: Path, 
             record(f"done-{number}", status="completed", created_at=earlier, cost_usd=0.1, charge="final")
         )
     journal.add(record("cancelled", status="cancelled", created_at=earlier, cost_usd=0.1, charge="released"))
-    before = (ledger.spent(day), ledger.spent(month), ledger.left(), ledger.report().periods)
+    before = (
+        ledger.spent(day, LOCAL),
+        ledger.spent(month, LOCAL),
+        ledger.left(LOCAL),
+        ledger.report(LOCAL).periods,
+    )
 
     assert prune(journal, tmp_path / "previews", (NOW - earlier) / 2, now=NOW) == (6, 0)
 
     assert journal.recent(10) == []
-    after = (ledger.spent(day), ledger.spent(month), ledger.left(), ledger.report().periods)
+    after = (
+        ledger.spent(day, LOCAL),
+        ledger.spent(month, LOCAL),
+        ledger.left(LOCAL),
+        ledger.report(LOCAL).periods,
+    )
     assert after == before
-    assert ledger.spent(day) == pytest.approx(0.5)
-    assert ledger.over_limit(0.6) is not None and ledger.over_limit(0.4) is None
+    assert ledger.spent(day, LOCAL) == pytest.approx(0.5)
+    assert ledger.over_limit(0.6, LOCAL) is not None and ledger.over_limit(0.4, LOCAL) is None
 
 
 @pytest.mark.parametrize(("value", "days"), [("off", None), ("0.5", 0.5), (None, 30.0)])

@@ -67,19 +67,21 @@ class JobsSource:
             own.journal.close()
 
 
-def finished_since(jobs: JobService, since: str) -> tuple[list[str], str]:
-    """Jobs completed after ``since`` (journal time text), oldest first, and the new ``since``."""
+def finished_since(jobs: JobService, owner: str, since: str) -> tuple[list[str], str]:
+    """``owner``'s jobs completed after ``since`` (journal time text), oldest first, and the new ``since``."""
     rows = jobs.journal.read(
-        "SELECT job_id, completed_at FROM jobs WHERE status = 'completed' AND completed_at > ? "
+        "SELECT job_id, completed_at FROM jobs WHERE status = 'completed' AND owner = ? AND completed_at > ? "
         "ORDER BY completed_at",
-        (since,),
+        (owner, since),
     )
     return [row["job_id"] for row in rows], (rows[-1]["completed_at"] if rows else since)
 
 
-def latest_finish(jobs: JobService) -> str:
-    """The journal time of the latest completion ('' when none): where a live update starts from."""
-    rows = jobs.journal.read("SELECT MAX(completed_at) AS t FROM jobs WHERE status = 'completed'")
+def latest_finish(jobs: JobService, owner: str) -> str:
+    """The journal time of ``owner``'s latest completion ('' when none): where a live update starts from."""
+    rows = jobs.journal.read(
+        "SELECT MAX(completed_at) AS t FROM jobs WHERE status = 'completed' AND owner = ?", (owner,)
+    )
     return rows[0]["t"] or ""
 
 
@@ -119,15 +121,17 @@ class DaySpend:
         return sum(self.by_model.values())
 
 
-def spend_by_day(jobs: JobService, days: int = 30) -> list[DaySpend]:
-    """Spend per local day and model over the last ``days`` days, newest first (days with none left out)."""
+def spend_by_day(jobs: JobService, owner: str, days: int = 30) -> list[DaySpend]:
+    """``owner``'s spend per local day and model over the last ``days`` days, newest first (days with none
+    left out)."""
     since = (datetime.now(UTC) - timedelta(days=days)).isoformat(timespec="microseconds")
     rows = jobs.journal.read(
-        "SELECT endpoint_id, cost_usd, created_at FROM jobs WHERE created_at >= ? AND charge != 'released' "
-        "AND cost_usd IS NOT NULL "
+        "SELECT endpoint_id, cost_usd, created_at FROM jobs WHERE owner = ? AND created_at >= ? "
+        "AND charge != 'released' AND cost_usd IS NOT NULL "
         # Jobs pruned by FLUX_MCP_KEEP_DAYS count too, from the sums kept per quarter hour.
-        "UNION ALL SELECT endpoint_id, cost_usd, bucket FROM spend WHERE bucket >= ? AND charge != 'released'",
-        (since, since),
+        "UNION ALL SELECT endpoint_id, cost_usd, bucket FROM spend WHERE owner = ? AND bucket >= ? "
+        "AND charge != 'released'",
+        (owner, since, owner, since),
     )
     by_day: dict[date, DaySpend] = {}
     for row in rows:

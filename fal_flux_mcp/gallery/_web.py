@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.gallery import _data, _pages
 from fal_flux_mcp.server._errors import UnknownJobError
+from fal_flux_mcp.server._identity import LOCAL_USER
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._resources import NoSuchImage, image_bytes
@@ -54,8 +55,12 @@ def gallery_app(
     security: TransportSecuritySettings,
     token: str | None,
     stopping: threading.Event | None = None,
+    owner: str = LOCAL_USER,
 ) -> ASGIApp:
-    """The gallery over ``source``'s jobs, guarded by ``security`` and ``token``.
+    """The gallery of ``owner``'s jobs in ``source``, guarded by ``security`` and ``token``.
+
+    A browser carries no OAuth token, so the gallery is served only by a server with one user, whose
+    work (``LOCAL_USER``'s) it shows.
 
     ``stopping`` is set when the server is asked to stop: the live-update streams then end, since
     uvicorn waits for every open response before it stops (see ``StoppingServer``).
@@ -64,12 +69,14 @@ def gallery_app(
 
     async def index(request: Request) -> Response:
         service = source()
-        return _html(_pages.grid(_data.recent(service, _data.RECENT_JOBS), _data.latest_finish(service)))
+        return _html(
+            _pages.grid(_data.recent(service, _data.RECENT_JOBS, owner), _data.latest_finish(service, owner))
+        )
 
     async def job(request: Request) -> Response:
         service = source()
-        found = _data.described(service, request.path_params["job_id"])
-        record = service.journal.get(request.path_params["job_id"])
+        found = _data.described(service, request.path_params["job_id"], owner)
+        record = service.journal.get(request.path_params["job_id"], owner)
         if found is None or record is None:
             return _html(_pages.page("Not found", "<h1>No such job</h1>"), status=404)
         lines, why = await _data.logs(service, record)
@@ -77,27 +84,27 @@ def gallery_app(
         return _html(_pages.job_page(found, dict(record.arguments), call, lines, why))
 
     async def card(request: Request) -> Response:
-        found = _data.described(source(), request.path_params["job_id"])
+        found = _data.described(source(), request.path_params["job_id"], owner)
         if found is None:
             return _html("", status=404)
         return _html(_pages.cards(found))
 
     async def spend(request: Request) -> Response:
         service = source()
-        note = service.ledger.report().note
-        return _html(_pages.spend_page(_data.spend_by_day(service), note))
+        note = service.ledger.report(owner).note
+        return _html(_pages.spend_page(_data.spend_by_day(service, owner), note))
 
     async def image(request: Request) -> Response:
         service = source()
         job_id, index = request.path_params["job_id"], request.path_params["index"]
         try:
             if request.query_params.get("preview"):
-                found = _data.described(service, job_id)
+                found = _data.described(service, job_id, owner)
                 images = found.images if found else []
                 previews = await service.saver.previews(job_id, [i for i in images if i.index == index])
                 if previews:
                     return Response(previews[0].data, media_type=previews[0].mime_type, headers=_HEADERS)
-            data = await image_bytes(service, job_id, index)
+            data = await image_bytes(service, job_id, index, owner)
         except (UnknownJobError, NoSuchImage) as exc:
             return Response(str(exc), status_code=404, media_type="text/plain")
         except FalError as exc:
@@ -110,10 +117,10 @@ def gallery_app(
         since = (
             request.headers.get("last-event-id")
             or request.query_params.get("since")
-            or _data.latest_finish(service)
+            or _data.latest_finish(service, owner)
         )
         return StreamingResponse(
-            _finished_jobs(request, service, since, stop),
+            _finished_jobs(request, service, owner, since, stop),
             media_type="text/event-stream",
             headers={**_HEADERS, "X-Accel-Buffering": "no"},
         )
@@ -139,13 +146,13 @@ def gallery_app(
 
 
 async def _finished_jobs(
-    request: Request, jobs: JobService, since: str, stop: threading.Event
+    request: Request, jobs: JobService, owner: str, since: str, stop: threading.Event
 ) -> AsyncIterator[str]:
     """Server-sent events: one ``job`` event per job that finishes, until the browser goes or the server stops."""
     yield "retry: 2000\n\n"
     quiet = 0.0
     while not stop.is_set() and not await request.is_disconnected():
-        finished, since = _data.finished_since(jobs, since)
+        finished, since = _data.finished_since(jobs, owner, since)
         for job_id in finished:
             yield f"event: job\nid: {since}\ndata: {json.dumps({'job_id': job_id})}\n\n"
         if finished:

@@ -41,6 +41,7 @@ from pydantic import AnyUrl, BaseModel
 from fal_flux_mcp._version import __version__
 from fal_flux_mcp.server._apps import build_apps, client_supports_apps, for_client
 from fal_flux_mcp.server._arguments import check_arguments
+from fal_flux_mcp.server._identity import user_for
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
@@ -137,9 +138,10 @@ class FluxServer(MCPServer[AppState]):
 
     async def list_resources(self) -> list[Resource]:
         resources = await super().list_resources()
-        if self.state is None:
+        owner = user_for(self.flux_settings)
+        if self.state is None or owner is None:
             return resources
-        for record in self.state.journal.recent(RECENT_IMAGES):
+        for record in self.state.journal.recent(RECENT_IMAGES, owner):  # each user sees only their images
             images = (record.result or {}).get("images") or []
             for image in images:
                 if not isinstance(image, dict):

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from fal_flux_mcp.models import output_size
 from fal_flux_mcp.server._editing import choose_editor
 from fal_flux_mcp.server._errors import JobError, SpendRefused
+from fal_flux_mcp.server._identity import current_user
 from fal_flux_mcp.server._ledger import usd
 from fal_flux_mcp.server._roots import allowed_dirs
 from fal_flux_mcp.server._schemas import GenerationParams
@@ -45,6 +46,8 @@ class Assessment:
         "fits", "cannot_ask", "over_call_limit", "unpriced", "declined", "dismissed", "no_answer"
     ]
     reason: str = ""
+    #: The limits are set by whoever runs a team's server (OAuth), not by the user in their own client.
+    shared: bool = False
 
 
 async def spend_approval(
@@ -104,14 +107,17 @@ async def _assess(
     """Price ``arguments`` (reading the input images' sizes where the price follows them) and ask
     the user when that is over a limit."""
     state = ctx.request_context.lifespan_context
+    owner = current_user(ctx)
+    if owner is None:
+        return Assessment("unpriced")  # the tool refuses a call for no one itself
     try:
         params = GenerationParams.model_validate({"prompt": "-", **arguments})
-        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state))
+        priced = await state.jobs.inputs.priced(params, functools.partial(allowed_dirs, ctx, state), owner)
         info, fal_input, input_sizes = priced.model, priced.fal_input, priced.input_sizes
         quote = await state.jobs.prices.quote(info, fal_input, input_sizes)
     except (JobError, ValidationError):
         return Assessment("unpriced")  # the tool itself refuses it, in its own words
-    reason = state.jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=max_cost_usd)
+    reason = state.jobs.ledger.over_limit(quote.cost_usd, owner, max_cost_usd=max_cost_usd)
     if reason is None:
         return Assessment("fits")
     if max_cost_usd is not None and quote.cost_usd > max_cost_usd:
@@ -119,10 +125,10 @@ async def _assess(
     capabilities = ctx.client_capabilities
     elicitation = capabilities.elicitation if capabilities is not None else None
     if elicitation is None or (elicitation.form is None and elicitation.url is not None):
-        return Assessment("cannot_ask", reason)
+        return Assessment("cannot_ask", reason, shared=state.settings.oauth)
     count = getattr(fal_input, "num_images", 1) or 1
     width, height = output_size(info.endpoint_id, fal_input, input_sizes)
-    day_left, _ = state.jobs.ledger.left()
+    day_left, _ = state.jobs.ledger.left(owner)
     left = "no daily limit" if day_left is None else f"{usd(day_left)} left of today's budget"
     question = (
         f"Approve {usd(quote.cost_usd)} on fal.ai? {info.title} ({info.endpoint_id}), {count} image(s) of "
@@ -138,7 +144,7 @@ async def _assess(
             outcome = await ctx.elicit(question, SpendApproval)
         except Exception:  # declared the capability but could not ask after all (some clients do)
             logger.info("the client declared elicitation but the spend question failed", exc_info=True)
-            return Assessment("cannot_ask", reason)
+            return Assessment("cannot_ask", reason, shared=state.settings.oauth)
         if isinstance(outcome, AcceptedElicitation):
             return outcome.data
         return Assessment("declined" if isinstance(outcome, DeclinedElicitation) else "dismissed")
@@ -169,6 +175,13 @@ def approval_of(outcome: Approval) -> str | None:
             if data.verdict == "over_call_limit":
                 raise SpendRefused(
                     f"Not submitted, nothing was spent: {data.reason}. Raise max_cost_usd or drop it."
+                )
+            if data.verdict == "cannot_ask" and data.shared:
+                raise SpendRefused(
+                    f"Not submitted, nothing was spent: {data.reason}, and this MCP client cannot ask the user to "
+                    "approve it. For the user (the assistant cannot approve spending): this server's operator "
+                    "sets the limits (FLUX_MCP_USER_BUDGETS can give you your own); ask them, or use a client "
+                    "that supports elicitation, which asks you each time."
                 )
             if data.verdict == "cannot_ask":
                 raise SpendRefused(

@@ -19,13 +19,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fal_flux_mcp.server")
 
 
-async def cancel(jobs: JobService, job_id: str) -> tuple[JobRecord, bool, str]:
-    """Cancel on fal. Returns the job, whether the cancel was accepted, and what happened, in words.
+async def cancel(jobs: JobService, job_id: str, owner: str) -> tuple[JobRecord, bool, str]:
+    """Cancel ``owner``'s job on fal. Returns the job, whether the cancel was accepted, and what happened.
 
     The job is journalled as cancelled only when fal says so: a running job that fal could not
     stop still completes, is paid for, and its images are saved like any other's.
     """
-    record = jobs.get(job_id)
+    record = jobs.get(job_id, owner)
+    job_id = record.job_id
     if record.is_terminal:
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     before = await jobs.fal.status(jobs.handle(record))

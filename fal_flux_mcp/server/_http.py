@@ -159,9 +159,12 @@ def http_app(
 
 
 async def no_gallery(scope: Scope, receive: Receive, send: Send) -> None:
-    """The gallery's place under OAuth: it would show every user's images to whoever opens it."""
+    """The gallery's place under OAuth: a browser carries no access token, so whose work to show is unknown."""
     if scope["type"] == "http":
-        text = "The web gallery is not served when OAuth is on: it does not yet show each user only their own work."
+        text = (
+            "The web gallery is not served when OAuth is on: a browser carries no access token, so it cannot "
+            "tell whose images to show. The open_gallery tool shows each user their own."
+        )
         await PlainTextResponse(text, status_code=404)(scope, receive, send)
 
 

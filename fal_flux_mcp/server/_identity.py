@@ -12,21 +12,44 @@ Whatever is owned per user (jobs, images, spend) is keyed by this value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 
 from fal_flux_mcp.server._records import LOCAL_OWNER
+
+if TYPE_CHECKING:
+    from fal_flux_mcp.settings import Settings
 
 #: The one user of a server without OAuth.
 LOCAL_USER = LOCAL_OWNER
 
 
+#: What a call with no verified user is told.
+NO_USER = (
+    "This server serves each user their own jobs and spend, and this call carries no verified user: connect "
+    "over HTTP with an access token from the server's OAuth issuer (Authorization: Bearer ...)."
+)
+
+
 def current_user(ctx: Context[Any, Any]) -> str | None:
     """The subject the current call is for: ``sub`` under OAuth, ``LOCAL_USER`` without; None: refuse it."""
+    return user_for(getattr(ctx.request_context.lifespan_context, "settings", None))
+
+
+def user_for(settings: Settings | None) -> str | None:
+    """``current_user`` where no ``Context`` is at hand (a static resource, the resource list)."""
     token = get_access_token()
     if token is not None:
         return token.subject
-    settings = getattr(ctx.request_context.lifespan_context, "settings", None)
     return None if settings is None or settings.oauth else LOCAL_USER
+
+
+def require_user(ctx: Context[Any, Any]) -> str:
+    """``current_user``, or a tool error saying why the call cannot be served as anyone."""
+    user = current_user(ctx)
+    if user is None:
+        raise ToolError(NO_USER)
+    return user

@@ -60,7 +60,7 @@ class InputBuilder:
         self,
         settings: Settings,
         fal: Callable[[], FalClient],
-        find_image: Callable[[str, int], ImageInfo],
+        find_image: Callable[[str, int, str], ImageInfo],
     ) -> None:
         self.settings = settings
         self._fal = fal
@@ -69,6 +69,10 @@ class InputBuilder:
     @property
     def fal(self) -> FalClient:
         return self._fal()
+
+    def _owned_images(self, owner: str) -> Callable[[str, int], ImageInfo]:
+        """Previous results as ``owner`` may use them: theirs only."""
+        return lambda job_id, index: self._find_image(job_id, index, owner)
 
     def build(self, params: GenerationParams) -> tuple[ModelInfo, dict[str, Any]]:
         """The fal arguments for ``params``; a ``JobError`` naming the fields if the model does not take one.
@@ -103,25 +107,26 @@ class InputBuilder:
             raise JobError(f"{model.endpoint_id} needs a prompt describing the image.")
         return model, fields
 
-    async def prepare(self, params: GenerationParams, allowed_dirs: AllowedDirs) -> Prepared:
-        """Validate everything and resolve the input images: after this, submitting cannot be refused."""
+    async def prepare(self, params: GenerationParams, allowed_dirs: AllowedDirs, owner: str) -> Prepared:
+        """Validate everything and resolve the input images (previous results: ``owner``'s only): after
+        this, submitting cannot be refused."""
         model, fields = self.build(params)
         self.checked(params)  # every other field first: a bad value must cost neither money nor time
-        with Sources(self.settings, self._fal, self._find_image, allowed_dirs) as sources:
+        with Sources(self.settings, self._fal, self._owned_images(owner), allowed_dirs) as sources:
             located = await self._locate(sources, fields, measure=_sizes_matter(model, fields))
             for name, found in located.items():
                 urls = [await sources.url_for(source) for source in found]
                 fields[name] = urls if name == "image_urls" else urls[0]
         return Prepared(model, self._validate(model, fields), _sizes(located))
 
-    async def priced(self, params: GenerationParams, allowed_dirs: AllowedDirs) -> Prepared:
+    async def priced(self, params: GenerationParams, allowed_dirs: AllowedDirs, owner: str) -> Prepared:
         """``checked``, with the input images' sizes where they change the price or the output: read
         (never uploaded) to price a call before the user is asked about it."""
         model, fal_input = self.checked(params)
         _, fields = self.build(params)
         if not _sizes_matter(model, fields):
             return Prepared(model, fal_input, [])
-        with Sources(self.settings, self._fal, self._find_image, allowed_dirs) as sources:
+        with Sources(self.settings, self._fal, self._owned_images(owner), allowed_dirs) as sources:
             located = await self._locate(sources, fields, measure=True)
         return Prepared(model, fal_input, _sizes(located))
 

@@ -8,6 +8,7 @@ thin on top of it; it knows the fal client's API but not HTTP, and not MCP.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -30,12 +31,12 @@ from fal_flux_mcp.fal import (
 from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server._background import Background
 from fal_flux_mcp.server._cancel import stop_waiting
-from fal_flux_mcp.server._errors import JobError, UnknownJobError
 from fal_flux_mcp.server._following import Follower
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import InputBuilder
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
 from fal_flux_mcp.server._ledger import Ledger
+from fal_flux_mcp.server._lookup import image_of, unknown_job
 from fal_flux_mcp.server._prices import PriceBook
 from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
@@ -62,7 +63,7 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
-        self.inputs = InputBuilder(settings, lambda: self.fal, self.image_of)
+        self.inputs = InputBuilder(settings, lambda: self.fal, functools.partial(image_of, self))
         self.prices = PriceBook(lambda: self.fal)
         self.ledger = Ledger(journal, settings)
         self.saver = ImageSaver(settings, lambda: self.fal)
@@ -115,51 +116,16 @@ class JobService:
             max_delay=_RECONCILE_RETRY_MAX,
         )
 
-    async def find(self, job_id: str) -> JobRecord:
-        """The journalled job; an id not journalled yet may be a submission still being reconciled."""
-        if self.journal.get(job_id.strip()) is None:
-            for intent in self.journal.intents():
-                if intent.state != "pending":
-                    continue
-                try:
-                    _, record = await self.reconciler.reconcile(intent)
-                except Exception:  # one submission that cannot be looked up must not hide the others
-                    logger.exception("could not reconcile submission %s", intent.intent_id)
-                    continue
-                if record is not None:
-                    self.follow_in_background(record)
-        return self.get(job_id)
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+        """The journalled job, or an ``UnknownJobError`` that shows what ids look like.
 
-    def get(self, job_id: str) -> JobRecord:
-        """The journalled job, or an ``UnknownJobError`` that shows what ids look like."""
-        record = self.journal.get(job_id.strip())
+        ``owner``: the user asking, who sees only their jobs (``_lookup``); None only for the server's
+        own work on a job, whoever owns it.
+        """
+        record = self.journal.get(job_id.strip(), owner)
         if record is None:
-            recent = ", ".join(r.job_id for r in self.journal.recent(3)) or "none yet"
-            unconfirmed = self.ledger.unconfirmed_submissions()
-            also = (
-                f" {len(unconfirmed)} submission(s) are unconfirmed: fal may have queued them, but this "
-                "key cannot read fal's request history to tell (see fal.ai/dashboard/requests)."
-                if unconfirmed
-                else ""
-            )
-            raise UnknownJobError(
-                f"No job {job_id!r} was submitted through this fal-flux-mcp (recent job ids: {recent}). Use the "
-                f"job_id that generate_image or submit_job returned.{also}"
-            )
+            raise unknown_job(self, job_id, owner)
         return record
-
-    def image_of(self, job_id: str, index: int) -> ImageInfo:
-        """Image ``index`` of a completed job (``flux://images/{job_id}/{index}``); a ``JobError`` if none."""
-        record = self.get(job_id)
-        if record.status != "completed" or not record.result:
-            raise JobError(
-                f"job {record.job_id} is {record.status}, so it has no images to use yet"
-                + (": call check_status with its job_id first." if not record.is_terminal else ".")
-            )
-        images = JobResult.model_validate(record.result).images
-        if not 0 <= index < len(images):
-            raise JobError(f"job {record.job_id} has {len(images)} image(s): index {index} does not exist.")
-        return images[index]
 
     @staticmethod
     def handle(record: JobRecord) -> QueueHandle:

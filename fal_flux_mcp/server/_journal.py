@@ -18,11 +18,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from fal_flux_mcp.server._journal_leases import JournalLeases, Lease, claim_in
 from fal_flux_mcp.server._records import (
     COLUMNS,
     IMMUTABLE_FIELDS,
@@ -36,7 +35,6 @@ from fal_flux_mcp.server._records import (
     from_row,
     intent_from_row,
     intent_row,
-    stored_time,
     to_row,
     utc_now,
 )
@@ -62,19 +60,6 @@ Row = Any
 
 #: Finished jobs retention may forget: never one whose images are still to be saved.
 PRUNABLE_SQL = "status IN ('completed', 'failed', 'cancelled') AND NOT pending_save AND created_at < ?"
-#: Jobs someone must follow (fal may still be working on them) or finish saving: the ones leases cover.
-FOLLOWED_SQL = "(status IN ('queued', 'in_progress') OR pending_save)"
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """Which replica follows a job, and until when unless it renews (UTC)."""
-
-    holder: str
-    expires: datetime
-
-    def expired(self, now: datetime | None = None) -> bool:
-        return self.expires < (now or utc_now())
 
 
 class JournalError(Exception):
@@ -97,7 +82,7 @@ class Session(Protocol):
 Check = Callable[[Session], "str | None"]
 
 
-class Journal(ABC):
+class Journal(JournalLeases, ABC):
     """The stored jobs, intents and pruned spend. Thread-safe; one instance per process is enough."""
 
     #: The column that orders rows stored in the same instant by when they were stored.
@@ -114,8 +99,8 @@ class Journal(ABC):
         """
 
     @abstractmethod
-    def _lock_budgets(self, session: Session) -> None:
-        """Serialise budget checks across processes until this transaction ends."""
+    def _lock_budgets(self, session: Session, owner: str) -> None:
+        """Serialise the budget checks of ``owner`` across processes until this transaction ends."""
 
     @abstractmethod
     def close(self) -> None:
@@ -146,7 +131,7 @@ class Journal(ABC):
         """
         row = intent_row(intent)
         with self._session(write=True, synced=True) as session:
-            self._lock_budgets(session)
+            self._lock_budgets(session, intent.owner)
             refusal = check(session) if check is not None else None
             if refusal is None:
                 session.run(
@@ -178,7 +163,7 @@ class Journal(ABC):
             added = _insert_job(session, record)
             session.run("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
             if added and holder is not None:
-                _claim(session, record.job_id, holder, lease_seconds, utc_now())
+                claim_in(session, record.job_id, holder, lease_seconds, utc_now())
         return added == 1
 
     def drop_intent(self, intent_id: str) -> None:
@@ -193,14 +178,20 @@ class Journal(ABC):
                 "UPDATE intents SET state = ?, note = ? WHERE intent_id = ?", (state, note, intent_id)
             )
 
-    def intents(self) -> list[SubmitIntent]:
-        """Submissions not yet known to be jobs, oldest first."""
-        rows = self.read(f"SELECT * FROM intents ORDER BY created_at, {self._ORDER}")
+    def intents(self, owner: str | None = None) -> list[SubmitIntent]:
+        """Submissions not yet known to be jobs, oldest first (only ``owner``'s when given)."""
+        where, parameters = _owned(owner, "WHERE")
+        rows = self.read(f"SELECT * FROM intents {where}ORDER BY created_at, {self._ORDER}", parameters)
         return [intent_from_row(row) for row in rows]
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """The job with fal request id ``job_id``, or None if this journal never saw it."""
-        rows = self.read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job with fal request id ``job_id``, or None if this journal never saw it.
+
+        ``owner``: None only where the server works for whoever owns the job (following, saving); a
+        user's lookup passes the user, and another user's job is then None, as if it never existed.
+        """
+        where, parameters = _owned(owner, "AND")
+        rows = self.read(f"SELECT * FROM jobs WHERE job_id = ? {where}", (job_id, *parameters))
         return from_row(rows[0]) if rows else None
 
     def update(self, job_id: str, /, **fields: Any) -> JobRecord:
@@ -263,19 +254,24 @@ class Journal(ABC):
             )
             return session.run(f"DELETE FROM jobs WHERE {PRUNABLE_SQL}", (before,))
 
-    def recent(self, limit: int = 20) -> list[JobRecord]:
-        """The ``limit`` most recently submitted jobs, newest first."""
+    def recent(self, limit: int = 20, owner: str | None = None) -> list[JobRecord]:
+        """The ``limit`` most recently submitted jobs, newest first (only ``owner``'s when given)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        rows = self.read(f"SELECT * FROM jobs ORDER BY created_at DESC, {self._ORDER} DESC LIMIT ?", (limit,))
+        where, parameters = _owned(owner, "WHERE")
+        rows = self.read(
+            f"SELECT * FROM jobs {where}ORDER BY created_at DESC, {self._ORDER} DESC LIMIT ?",
+            (*parameters, limit),
+        )
         return [from_row(row) for row in rows]
 
-    def recently_completed(self, limit: int) -> list[str]:
-        """The ids of the ``limit`` most recently completed jobs, newest first."""
+    def recently_completed(self, limit: int, owner: str | None = None) -> list[str]:
+        """The ids of the ``limit`` most recently completed jobs, newest first (only ``owner``'s when given)."""
+        where, parameters = _owned(owner, "AND")
         rows = self.read(
-            f"SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY completed_at DESC, {self._ORDER} DESC "
-            "LIMIT ?",
-            (limit,),
+            f"SELECT job_id FROM jobs WHERE status = 'completed' {where}ORDER BY completed_at DESC, "
+            f"{self._ORDER} DESC LIMIT ?",
+            (*parameters, limit),
         )
         return [row["job_id"] for row in rows]
 
@@ -291,84 +287,10 @@ class Journal(ABC):
         rows = self.read(f"SELECT * FROM jobs WHERE pending_save ORDER BY created_at, {self._ORDER}")
         return [from_row(row) for row in rows]
 
-    # ----------------------------------------------------------------------------------------- leases
-    # One replica at a time follows each job that is unfinished or has images still to save: it holds
-    # the job's lease (``lease_holder``, until ``lease_expires``) and renews it well before it expires.
-    # A lease that expired (its holder died) or that no one holds may be claimed by any replica. Each
-    # change is one conditional UPDATE, so two replicas claiming at once cannot both win. A job that
-    # ends (terminal, nothing left to save) loses its lease in ``update``.
 
-    def claim(self, job_id: str, holder: str, seconds: float, *, now: datetime | None = None) -> bool:
-        """Take (or keep) the lease on ``job_id`` for ``seconds``; False if another replica holds it.
-
-        Also False for a job that needs no following (finished, nothing to save) or is not stored.
-        Claiming a lease one already holds renews it.
-        """
-        with self._session(write=True) as session:
-            return _claim(session, job_id, holder, seconds, now or utc_now())
-
-    def renew(self, holder: str, seconds: float, *, now: datetime | None = None) -> set[str]:
-        """Extend every lease ``holder`` still holds by ``seconds`` from now; the ids of those jobs.
-
-        A lease that another replica took over after it expired is not renewed and not returned:
-        the caller stops following that job.
-        """
-        now = now or utc_now()
-        with self._session(write=True) as session:
-            session.run(
-                f"UPDATE jobs SET lease_expires = ? WHERE lease_holder = ? AND {FOLLOWED_SQL}",
-                (_until(now, seconds), holder),
-            )
-            rows = session.rows(
-                f"SELECT job_id FROM jobs WHERE lease_holder = ? AND {FOLLOWED_SQL}", (holder,)
-            )
-        return {row["job_id"] for row in rows}
-
-    def release(self, job_id: str, holder: str) -> bool:
-        """Give up ``holder``'s lease on ``job_id`` (any replica may claim it at once); False if not held."""
-        with self._session(write=True) as session:
-            changed = session.run(
-                "UPDATE jobs SET lease_holder = NULL, lease_expires = NULL WHERE job_id = ? AND lease_holder = ?",
-                (job_id, holder),
-            )
-        return changed == 1
-
-    def release_all(self, holder: str) -> int:
-        """Give up every lease ``holder`` holds (a replica stopping cleanly); how many there were."""
-        with self._session(write=True) as session:
-            return session.run(
-                "UPDATE jobs SET lease_holder = NULL, lease_expires = NULL WHERE lease_holder = ?", (holder,)
-            )
-
-    def lease(self, job_id: str) -> Lease | None:
-        """Who follows ``job_id`` and until when; None if no replica holds its lease."""
-        rows = self.read("SELECT lease_holder, lease_expires FROM jobs WHERE job_id = ?", (job_id,))
-        if not rows or rows[0]["lease_holder"] is None:
-            return None
-        return Lease(rows[0]["lease_holder"], datetime.fromisoformat(rows[0]["lease_expires"]))
-
-    def unfollowed(self, *, now: datetime | None = None) -> list[JobRecord]:
-        """Jobs that need following whose lease no one holds or has expired, oldest first: to claim."""
-        rows = self.read(
-            f"SELECT * FROM jobs WHERE {FOLLOWED_SQL} AND (lease_holder IS NULL OR lease_expires < ?) "
-            f"ORDER BY created_at, {self._ORDER}",
-            (stored_time(now or utc_now()),),
-        )
-        return [from_row(row) for row in rows]
-
-
-def _claim(session: Session, job_id: str, holder: str, seconds: float, now: datetime) -> bool:
-    changed = session.run(
-        "UPDATE jobs SET lease_holder = ?, lease_expires = ? "
-        f"WHERE job_id = ? AND {FOLLOWED_SQL} "
-        "AND (lease_holder IS NULL OR lease_holder = ? OR lease_expires < ?)",
-        (holder, _until(now, seconds), job_id, holder, stored_time(now)),
-    )
-    return changed == 1
-
-
-def _until(now: datetime, seconds: float) -> str:
-    return stored_time(now + timedelta(seconds=seconds))
+def _owned(owner: str | None, keyword: str) -> tuple[str, tuple[str, ...]]:
+    """The condition (after ``keyword``) that keeps only ``owner``'s rows, and its parameter; none for None."""
+    return ("", ()) if owner is None else (f"{keyword} owner = ? ", (owner,))
 
 
 def _insert_job(session: Session, record: JobRecord) -> int:

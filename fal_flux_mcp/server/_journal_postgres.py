@@ -16,6 +16,7 @@ it (a restart, a failover), reads and transactions not yet begun are served on a
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -31,6 +32,13 @@ from fal_flux_mcp.server._records import STATUSES
 #: Advisory lock keys (any two fixed numbers; they only need to be the same in every server).
 _MIGRATION_LOCK = 0x666C7578_01
 _BUDGET_LOCK = 0x666C7578_02
+
+
+def _budget_lock(owner: str) -> int:
+    """The advisory lock key of ``owner``'s budgets: the same in every server, as a signed 64-bit number."""
+    digest = hashlib.sha256(f"{_BUDGET_LOCK}:{owner}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
 
 #: The migrations, in order: version N is ``_MIGRATIONS[N - 1]``. Append, never edit one released.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -233,8 +241,9 @@ class PostgresJournal(Journal):
                 raise
             return super().read(sql, parameters)
 
-    def _lock_budgets(self, session: Session) -> None:
-        session.rows("SELECT pg_advisory_xact_lock(?)", (_BUDGET_LOCK,))
+    def _lock_budgets(self, session: Session, owner: str) -> None:
+        """One lock per user: a budget check counts only its user's spend, so other users need not wait."""
+        session.rows("SELECT pg_advisory_xact_lock(?)", (_budget_lock(owner),))
 
     def close(self) -> None:
         """Close the connection; the database keeps everything."""

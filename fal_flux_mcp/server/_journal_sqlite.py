@@ -199,9 +199,9 @@ class SqliteJournal(Journal):
                 if synced:
                     self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def _lock_budgets(self, session: Session) -> None:
+    def _lock_budgets(self, session: Session, owner: str) -> None:
         """Nothing more to do: ``BEGIN IMMEDIATE`` already made every other writer wait."""
-        del session
+        del session, owner
 
     def close(self) -> None:
         """Close the connection; the file stays for the next start."""

@@ -7,6 +7,9 @@ are released. The limits are the user's settings; the model can only lower one f
 
 Spend counts every job that is not released, plus the submissions not yet known to be jobs, in the
 calendar day and month of the user's local time.
+
+Each user has their own money: every sum here is one owner's (``_identity``), and each user's limits are
+``FLUX_MCP_USER_BUDGETS``' entry for them where it sets one, else the default for everyone.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from fal_flux_mcp.settings import Settings
 
 _SPENT_SQL = (
     "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM jobs WHERE charge != 'released' "
-    "AND created_at >= ? AND created_at < ?) + "
-    "(SELECT COALESCE(SUM(cost_usd), 0) FROM intents WHERE created_at >= ? AND created_at < ?) + "
-    "(SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE charge != 'released' AND bucket >= ? AND bucket < ?)"
+    "AND owner = ? AND created_at >= ? AND created_at < ?) + "
+    "(SELECT COALESCE(SUM(cost_usd), 0) FROM intents WHERE owner = ? AND created_at >= ? AND created_at < ?) + "
+    "(SELECT COALESCE(SUM(cost_usd), 0) FROM spend WHERE charge != 'released' AND owner = ? AND bucket >= ? "
+    "AND bucket < ?)"
 )
 
 
@@ -34,11 +38,44 @@ class Period:
     start: datetime
     end: datetime
 
-    def bounds(self) -> tuple[str, str, str, str, str, str]:
-        """The start and end for each of the three tables spend is read from (jobs, intents, spend)."""
+    def bounds(self, owner: str) -> tuple[str, ...]:
+        """The owner, start and end for each of the three tables spend is read from (jobs, intents, spend)."""
         start = self.start.astimezone(UTC).isoformat(timespec="microseconds")
         end = self.end.astimezone(UTC).isoformat(timespec="microseconds")
-        return start, end, start, end, start, end
+        return (owner, start, end) * 3
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One of a user's limits (None: no limit), and the setting it came from, named when it refuses."""
+
+    usd: float | None
+    setting: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A user's limits: their ``FLUX_MCP_USER_BUDGETS`` entry where it sets one, else everyone's."""
+
+    per_call: Limit
+    daily: Limit
+    monthly: Limit
+
+    @classmethod
+    def of(cls, settings: Settings, owner: str) -> Limits:
+        """``owner``'s limits, limit by limit: an entry that sets only a daily budget keeps the others."""
+        own = settings.user_budgets.get(owner)
+
+        def pick(field: str, default: str) -> Limit:
+            if own is not None and field in own.model_fields_set:
+                return Limit(getattr(own, field), f"{settings.env_name('user_budgets')}[{owner!r}].{field}")
+            return Limit(getattr(settings, default), settings.env_name(default))
+
+        return cls(
+            per_call=pick("max_usd_per_call", "max_usd_per_call"),
+            daily=pick("daily_usd", "daily_budget_usd"),
+            monthly=pick("monthly_usd", "monthly_budget_usd"),
+        )
 
 
 def today_and_this_month(now: datetime | None = None) -> tuple[Period, Period]:
@@ -62,20 +99,20 @@ class Ledger:
         self.journal = journal
         self.settings = settings
 
-    def spent(self, period: Period) -> float:
-        """What was reserved or spent in ``period`` (released amounts excluded)."""
-        return float(self.journal.read(_SPENT_SQL, period.bounds())[0][0])
+    def spent(self, period: Period, owner: str) -> float:
+        """What ``owner`` reserved or spent in ``period`` (released amounts excluded)."""
+        return float(self.journal.read(_SPENT_SQL, period.bounds(owner))[0][0])
 
-    def over_limit(self, cost: float, *, max_cost_usd: float | None = None) -> str | None:
-        """Why spending ``cost`` now needs the user's yes; None when it fits every limit."""
+    def over_limit(self, cost: float, owner: str, *, max_cost_usd: float | None = None) -> str | None:
+        """Why ``owner`` spending ``cost`` now needs their yes; None when it fits every limit."""
         if max_cost_usd is not None and cost > max_cost_usd:
             return f"the estimate {usd(cost)} is over this call's max_cost_usd ({usd(max_cost_usd)})"
-        per_call = self.settings.max_usd_per_call
-        if per_call is not None and cost > per_call:
-            if per_call == 0:
-                return "FLUX_MCP_MAX_USD_PER_CALL is 0: every call is asked about"
-            return f"the estimate {usd(cost)} is over FLUX_MCP_MAX_USD_PER_CALL ({usd(per_call)})"
-        return self._over_budget(None, cost)
+        per_call = Limits.of(self.settings, owner).per_call
+        if per_call.usd is not None and cost > per_call.usd:
+            if per_call.usd == 0:
+                return f"{per_call.setting} is 0: every call is asked about"
+            return f"the estimate {usd(cost)} is over {per_call.setting} ({usd(per_call.usd)})"
+        return self._over_budget(None, cost, owner)
 
     def reserve(self, intent: SubmitIntent, *, approved: bool) -> str | None:
         """Record ``intent`` with its reservation; unless ``approved``, only if it fits the budgets.
@@ -87,62 +124,60 @@ class Ledger:
         if not approved:
 
             def check(session: Session) -> str | None:
-                return self._over_budget(session, intent.cost_usd or 0.0)
+                return self._over_budget(session, intent.cost_usd or 0.0, intent.owner)
 
         return self.journal.add_intent(intent, check=check)
 
-    def left(self) -> tuple[float | None, float | None]:
-        """What is left of today's and this month's budgets (None: no limit)."""
+    def left(self, owner: str) -> tuple[float | None, float | None]:
+        """What is left of ``owner``'s budgets for today and this month (None: no limit)."""
         day, month = today_and_this_month()
-        daily, monthly = self.settings.daily_budget_usd, self.settings.monthly_budget_usd
+        limits = Limits.of(self.settings, owner)
+        daily, monthly = limits.daily.usd, limits.monthly.usd
         return (
-            None if daily is None else max(0.0, daily - self.spent(day)),
-            None if monthly is None else max(0.0, monthly - self.spent(month)),
+            None if daily is None else max(0.0, daily - self.spent(day, owner)),
+            None if monthly is None else max(0.0, monthly - self.spent(month, owner)),
         )
 
-    def _over_budget(self, session: Session | None, cost: float) -> str | None:
+    def _over_budget(self, session: Session | None, cost: float, owner: str) -> str | None:
         day, month = today_and_this_month()
-        limits = (
-            (day, self.settings.daily_budget_usd, "FLUX_MCP_DAILY_BUDGET_USD"),
-            (month, self.settings.monthly_budget_usd, "FLUX_MCP_MONTHLY_BUDGET_USD"),
-        )
-        for period, limit, setting in limits:
-            if limit is None:
+        limits = Limits.of(self.settings, owner)
+        for period, limit in ((day, limits.daily), (month, limits.monthly)):
+            if limit.usd is None:
                 continue
-            if limit == 0:
-                return f"{setting} is 0: every call is asked about"
-            spent = self._spent_in(session, period)
-            if spent + cost > limit + 1e-9:
-                left = max(0.0, limit - spent)
+            if limit.usd == 0:
+                return f"{limit.setting} is 0: every call is asked about"
+            spent = self._spent_in(session, period, owner)
+            if spent + cost > limit.usd + 1e-9:
+                left = max(0.0, limit.usd - spent)
                 return (
-                    f"{usd(cost)} more would exceed {setting} ({usd(limit)}; {usd(spent)} spent {period.name}, "
-                    f"{usd(left)} left)"
+                    f"{usd(cost)} more would exceed {limit.setting} ({usd(limit.usd)}; {usd(spent)} spent "
+                    f"{period.name}, {usd(left)} left)"
                 )
         return None
 
-    def _spent_in(self, session: Session | None, period: Period) -> float:
+    def _spent_in(self, session: Session | None, period: Period, owner: str) -> float:
         if session is None:
-            return self.spent(period)
-        return float(session.rows(_SPENT_SQL, period.bounds())[0][0])
+            return self.spent(period, owner)
+        return float(session.rows(_SPENT_SQL, period.bounds(owner))[0][0])
 
-    def report(self) -> SpendReport:
-        """Spend today, this month and over the last 30 days, the budgets, and the costliest jobs."""
+    def report(self, owner: str) -> SpendReport:
+        """``owner``'s spend today, this month and over the last 30 days, budgets, and costliest jobs."""
         day, month = today_and_this_month()
         now = datetime.now(UTC).astimezone()
         thirty = Period("the last 30 days", now - timedelta(days=30), now + timedelta(seconds=1))
-        day_left, month_left = self.left()
-        settings = self.settings
+        day_left, month_left = self.left(owner)
+        limits = Limits.of(self.settings, owner)
         rows = self.journal.read(
-            "SELECT job_id, endpoint_id, prompt, cost_usd, charge, created_at FROM jobs WHERE created_at >= ? "
-            "AND cost_usd IS NOT NULL ORDER BY cost_usd DESC, created_at DESC LIMIT 10",
-            (thirty.bounds()[0],),
+            "SELECT job_id, endpoint_id, prompt, cost_usd, charge, created_at FROM jobs WHERE owner = ? AND "
+            "created_at >= ? AND cost_usd IS NOT NULL ORDER BY cost_usd DESC, created_at DESC LIMIT 10",
+            thirty.bounds(owner)[:2],
         )
         return SpendReport(
-            periods=[self._period(period) for period in (day, month, thirty)],
+            periods=[self._period(period, owner) for period in (day, month, thirty)],
             budgets=Budgets(
-                max_usd_per_call=settings.max_usd_per_call,
-                daily_budget_usd=settings.daily_budget_usd,
-                monthly_budget_usd=settings.monthly_budget_usd,
+                max_usd_per_call=limits.per_call.usd,
+                daily_budget_usd=limits.daily.usd,
+                monthly_budget_usd=limits.monthly.usd,
                 left_today_usd=None if day_left is None else _round(day_left),
                 left_month_usd=None if month_left is None else _round(month_left),
             ),
@@ -157,13 +192,13 @@ class Ledger:
                 )
                 for row in rows
             ],
-            unconfirmed_submissions=self.unconfirmed_submissions(),
+            unconfirmed_submissions=self.unconfirmed_submissions(owner),
             note="Estimates from fal's prices as fal-flux-mcp knew them, for the jobs it submitted; fal's "
             "invoice (fal.ai/dashboard/billing) is the authority.",
         )
 
-    def unconfirmed_submissions(self) -> list[UnconfirmedSubmission]:
-        """Submissions fal may have queued (and charged) that the key cannot confirm: never sent again."""
+    def unconfirmed_submissions(self, owner: str) -> list[UnconfirmedSubmission]:
+        """``owner``'s submissions fal may have queued (and charged) that the key cannot confirm."""
         return [
             UnconfirmedSubmission(
                 model=intent.endpoint_id,
@@ -171,19 +206,20 @@ class Ledger:
                 submitted_at=intent.created_at,
                 note=intent.note or "",
             )
-            for intent in self.journal.intents()
+            for intent in self.journal.intents(owner)
             if intent.state == "unconfirmed"
         ]
 
-    def _period(self, period: Period) -> PeriodSpend:
+    def _period(self, period: Period, owner: str) -> PeriodSpend:
         by_charge: dict[str, float] = {}
         by_model: dict[str, float] = {}
         # Jobs, jobs past FLUX_MCP_KEEP_DAYS (kept as sums) and submissions not yet known to be jobs.
         rows = self.journal.read(
-            "SELECT endpoint_id, charge, cost_usd FROM jobs WHERE created_at >= ? AND created_at < ? "
-            "UNION ALL SELECT endpoint_id, charge, cost_usd FROM spend WHERE bucket >= ? AND bucket < ? "
-            "UNION ALL SELECT endpoint_id, 'reserved', cost_usd FROM intents WHERE created_at >= ? AND created_at < ?",
-            period.bounds(),
+            "SELECT endpoint_id, charge, cost_usd FROM jobs WHERE owner = ? AND created_at >= ? AND created_at < ? "
+            "UNION ALL SELECT endpoint_id, charge, cost_usd FROM spend WHERE owner = ? AND bucket >= ? AND bucket < ? "
+            "UNION ALL SELECT endpoint_id, 'reserved', cost_usd FROM intents WHERE owner = ? AND created_at >= ? "
+            "AND created_at < ?",
+            period.bounds(owner),
         )
         for row in rows:
             endpoint_id, charge, usd_ = row[0], row[1], float(row[2] or 0)

@@ -63,15 +63,15 @@ class Gallery(BaseModel):
     spend: SpendReport = Field(description="What was spent, as get_spend reports it.")
 
 
-def recent(jobs: JobService, limit: int) -> list[JobResult]:
-    """The most recent completed jobs with images, newest first, each with its cost."""
-    ids = jobs.journal.recently_completed(limit)
-    return [job for job_id in ids if (job := described(jobs, job_id)) is not None and job.images]
+def recent(jobs: JobService, limit: int, owner: str) -> list[JobResult]:
+    """``owner``'s most recent completed jobs with images, newest first, each with its cost."""
+    ids = jobs.journal.recently_completed(limit, owner)
+    return [job for job_id in ids if (job := described(jobs, job_id, owner)) is not None and job.images]
 
 
-def described(jobs: JobService, job_id: str) -> JobResult | None:
-    """A job as the tools describe it, with its cost; None if the journal has no such job."""
-    record = jobs.journal.get(job_id)
+def described(jobs: JobService, job_id: str, owner: str) -> JobResult | None:
+    """``owner``'s job as the tools describe it, with its cost; None if they have no such job."""
+    record = jobs.journal.get(job_id, owner)
     if record is None:
         return None
     return jobs.describe(record).model_copy(
@@ -79,8 +79,8 @@ def described(jobs: JobService, job_id: str) -> JobResult | None:
     )
 
 
-def gallery(jobs: JobService, shown: list[JobResult]) -> Gallery:
-    """``shown`` (from ``recent``) as the gallery lists them, and the spend report."""
+def gallery(jobs: JobService, shown: list[JobResult], owner: str) -> Gallery:
+    """``shown`` (from ``recent``) as the gallery lists them, and ``owner``'s spend report."""
     listed = [
         GalleryJob(
             job_id=job.job_id,
@@ -103,7 +103,7 @@ def gallery(jobs: JobService, shown: list[JobResult]) -> Gallery:
         )
         for job in shown
     ]
-    return Gallery(jobs=listed, spend=jobs.ledger.report())
+    return Gallery(jobs=listed, spend=jobs.ledger.report(owner))
 
 
 async def thumbnails(jobs: JobService, shown: list[JobResult]) -> dict[str, str]:

@@ -106,6 +106,7 @@ class Reconciler:
         handle = self._fal().handle(intent.endpoint_id, item.request_id)
         return JobRecord(
             job_id=item.request_id,
+            owner=intent.owner,
             endpoint_id=intent.endpoint_id,
             status_url=handle.status_url,
             response_url=handle.response_url,

@@ -58,7 +58,7 @@ async def job_result(
 ) -> CallToolResult:
     """The tool result for a job: short text, previews the model can see, links, and the structured JSON."""
     result = result or state.jobs.describe(record)
-    day_left, month_left = state.jobs.ledger.left()
+    day_left, month_left = state.jobs.ledger.left(record.owner)
     result = result.model_copy(
         update={
             "cost_usd": record.cost_usd,

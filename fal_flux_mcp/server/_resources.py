@@ -13,6 +13,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.server._app import AppState, FluxServer
 from fal_flux_mcp.server._errors import UnknownJobError
+from fal_flux_mcp.server._identity import NO_USER, current_user, user_for
 from fal_flux_mcp.server._jobs import JobService
 
 
@@ -30,7 +31,9 @@ def register_resources(server: FluxServer) -> None:
         # A static resource gets no Context (the SDK's rule); the running server's state is the same.
         if server.state is None:
             raise ResourceError("the server is not running")
-        return server.state.jobs.ledger.report().model_dump_json(indent=2)
+        return server.state.jobs.ledger.report(_owner(user_for(server.flux_settings))).model_dump_json(
+            indent=2
+        )
 
     @server.resource(
         "flux://jobs/{job_id}",
@@ -42,7 +45,7 @@ def register_resources(server: FluxServer) -> None:
     async def job(job_id: str, ctx: Context) -> str:
         state: AppState = ctx.request_context.lifespan_context
         try:
-            record = state.jobs.get(job_id)
+            record = state.jobs.get(job_id, _owner(current_user(ctx)))
         except UnknownJobError as exc:
             raise ResourceNotFoundError(str(exc)) from None
         return state.jobs.describe(record).model_dump_json(indent=2)
@@ -57,7 +60,7 @@ def register_resources(server: FluxServer) -> None:
     async def image(job_id: str, index: int, ctx: Context) -> bytes:
         state: AppState = ctx.request_context.lifespan_context
         try:
-            return await image_bytes(state.jobs, job_id, index)
+            return await image_bytes(state.jobs, job_id, index, _owner(current_user(ctx)))
         except (UnknownJobError, NoSuchImage) as exc:
             raise ResourceNotFoundError(str(exc)) from None
         except FalError as exc:
@@ -66,16 +69,23 @@ def register_resources(server: FluxServer) -> None:
             ) from None
 
 
+def _owner(user: str | None) -> str:
+    """The user a resource is read for; a resource error when the request carries none."""
+    if user is None:
+        raise ResourceError(NO_USER)
+    return user
+
+
 class NoSuchImage(LookupError):
     """The job has no image at that index (yet, or at all)."""
 
 
-async def image_bytes(jobs: JobService, job_id: str, index: int) -> bytes:
-    """Image ``index`` (from 0) of a job: the saved file, or fal's copy when the file is gone.
+async def image_bytes(jobs: JobService, job_id: str, index: int, owner: str) -> bytes:
+    """Image ``index`` (from 0) of ``owner``'s job: the saved file, or fal's copy when the file is gone.
 
     Raises ``UnknownJobError``, ``NoSuchImage``, or ``FalError`` when fal's copy cannot be fetched.
     """
-    record = jobs.get(job_id)
+    record = jobs.get(job_id, owner)
     images = jobs.describe(record).images
     if not 0 <= index < len(images):
         if record.status != "completed":

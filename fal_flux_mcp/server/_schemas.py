@@ -363,7 +363,7 @@ class PeriodSpend(BaseModel):
 
 
 class Budgets(BaseModel):
-    """The user's limits (null: no limit) and what is left of them."""
+    """The user's limits (null: no limit; their FLUX_MCP_USER_BUDGETS entry where set) and what is left."""
 
     max_usd_per_call: float | None = Field(description="FLUX_MCP_MAX_USD_PER_CALL.")
     daily_budget_usd: float | None = Field(description="FLUX_MCP_DAILY_BUDGET_USD.")

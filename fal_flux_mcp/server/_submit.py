@@ -29,6 +29,7 @@ logger = logging.getLogger("fal_flux_mcp.server")
 async def submit(
     jobs: JobService,
     params: GenerationParams,
+    owner: str,
     *,
     allowed_dirs: AllowedDirs = no_dirs,
     webhook_url: str | None = None,
@@ -40,16 +41,20 @@ async def submit(
     intent becomes the job when fal answers. Unless the user ``approval`` covers it, the call must
     fit the user's limits, checked in the same transaction as the reservation. If fal's answer is
     lost, the intent is looked up in fal's request history (``_reconcile``) rather than sent
-    again: a second submit could be a second payment.
+    again: a second submit could be a second payment. The job, its cost and its limits are ``owner``'s.
     """
-    prepared = await jobs.inputs.prepare(params, allowed_dirs)
+    prepared = await jobs.inputs.prepare(params, allowed_dirs, owner)
     model, fal_input = prepared.model, prepared.fal_input
     quote = await jobs.prices.quote(model, fal_input, prepared.input_sizes)
     approved = approval == "approved by the user"
-    if not approved and (reason := jobs.ledger.over_limit(quote.cost_usd, max_cost_usd=params.max_cost_usd)):
+    reason = (
+        None if approved else jobs.ledger.over_limit(quote.cost_usd, owner, max_cost_usd=params.max_cost_usd)
+    )
+    if reason is not None:
         raise SpendRefused(f"Not submitted, nothing was spent: {reason}.")
     intent = SubmitIntent(
         intent_id=uuid.uuid4().hex,
+        owner=owner,
         endpoint_id=model.endpoint_id,
         arguments=fal_input.model_dump(mode="json", exclude_none=True),
         prompt=params.prompt,
@@ -97,6 +102,7 @@ async def submit(
         raise
     record = JobRecord(
         job_id=handle.request_id,
+        owner=owner,
         endpoint_id=handle.endpoint_id,
         status_url=handle.status_url,
         response_url=handle.response_url,

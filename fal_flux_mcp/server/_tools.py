@@ -34,7 +34,9 @@ from fal_flux_mcp.server._catalog import ModelList, model_list
 from fal_flux_mcp.server._editing import EditorChoice, EditParams, as_generation, choose_editor
 from fal_flux_mcp.server._errors import JobError
 from fal_flux_mcp.server._flat import flat_arguments
+from fal_flux_mcp.server._identity import require_user
 from fal_flux_mcp.server._ledger import usd
+from fal_flux_mcp.server._lookup import find
 from fal_flux_mcp.server._overview import THUMBNAILS_KEY, Gallery, GalleryParams, gallery, recent, thumbnails
 from fal_flux_mcp.server._replies import Progress, job_result
 from fal_flux_mcp.server._roots import allowed_dirs
@@ -171,10 +173,12 @@ def register_tools(server: FluxServer) -> None:
         """Submit, follow with progress up to the wait limit, and answer; a job never becomes a bare error."""
         state = _state(ctx)
         progress = Progress(ctx)
+        owner = require_user(ctx)
         with _tool_errors():
             record = await submit(
                 state.jobs,
                 params,
+                owner,
                 allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 approval=approval_of(approval),
             )
@@ -214,10 +218,12 @@ def register_tools(server: FluxServer) -> None:
         are saved locally when the job completes, even if nobody asks. Costs money.
         """
         state = _state(ctx)
+        owner = require_user(ctx)
         with _tool_errors():
             record = await submit(
                 state.jobs,
                 params,
+                owner,
                 allowed_dirs=functools.partial(allowed_dirs, ctx, state),
                 webhook_url=params.webhook_url,
                 approval=approval_of(approval),
@@ -241,8 +247,9 @@ def register_tools(server: FluxServer) -> None:
         """
         state = _state(ctx)
         progress = Progress(ctx)
+        owner = require_user(ctx)
         with _tool_errors():
-            record = await state.jobs.find(params.job_id)
+            record = await find(state.jobs, params.job_id, owner)
             if record.pending_save:
                 record = await state.jobs.retry_saves(record)
             logs: list[str] = []
@@ -261,7 +268,7 @@ def register_tools(server: FluxServer) -> None:
                 if not record.is_terminal:
                     state.jobs.follow_in_background(record)
         result = state.jobs.describe(record, logs=logs if params.include_logs else None)
-        unconfirmed = state.jobs.ledger.unconfirmed_submissions()
+        unconfirmed = state.jobs.ledger.unconfirmed_submissions(owner)
         if unconfirmed:
             result = result.model_copy(update={"unconfirmed_submissions": unconfirmed})
         if result.status == "failed":  # a status report, not a failed call
@@ -279,8 +286,9 @@ def register_tools(server: FluxServer) -> None:
         it is paid for and its images are saved. The answer says which of these happened.
         """
         state = _state(ctx)
+        owner = require_user(ctx)
         with _tool_errors():
-            record, cancelled, message = await cancel(state.jobs, params.job_id)
+            record, cancelled, message = await cancel(state.jobs, params.job_id, owner)
         return CancelResultOut(
             job_id=record.job_id, status=record.status, cancelled=cancelled, message=message
         )
@@ -293,6 +301,7 @@ def register_tools(server: FluxServer) -> None:
         (JPEG, PNG, WebP, GIF, AVIF) are accepted.
         """
         state = _state(ctx)
+        require_user(ctx)  # the server's fal key serves its users only
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
@@ -343,8 +352,9 @@ def register_tools(server: FluxServer) -> None:
         """Show the user's recent images in the gallery app, to browse and filter by model and date, with
         what was spent. Costs nothing."""
         jobs = _state(ctx).jobs
-        shown = recent(jobs, params.limit)
-        view = gallery(jobs, shown)
+        owner = require_user(ctx)
+        shown = recent(jobs, params.limit, owner)
+        view = gallery(jobs, shown, owner)
         today = view.spend.periods[0].total_usd
         text = f"Gallery of the {len(view.jobs)} most recent jobs; spent today: {usd(today)}."
         return CallToolResult(
@@ -363,4 +373,4 @@ def register_tools(server: FluxServer) -> None:
     async def get_spend(params: NoParams, ctx: Context[AppState]) -> SpendReport:
         """What was spent on fal: today, this month and the last 30 days, by model; reserved, final and
         released amounts; the user's budgets and what is left; the 10 most expensive jobs."""
-        return _state(ctx).jobs.ledger.report()
+        return _state(ctx).jobs.ledger.report(require_user(ctx))
