@@ -171,6 +171,8 @@ def _key_warning(settings: Settings) -> str | None:
     """A start-time word about the fal key. Not a reason to refuse to start: ``list_models`` and
     the jobs already made work without a key, and a tool call then explains the problem in the chat,
     where the user looks, while a server that exits shows up as a bare "disconnected"."""
+    if settings.user_keys:
+        return None  # each user brings their own key; the server's is never used
     key = settings.fal_credentials()
     variable = "FAL_KEY" if settings.fal_key is not None else "FAL_KEY_ID/FAL_KEY_SECRET"
     if key is None:

@@ -149,6 +149,23 @@ class Settings(BaseSettings):
         description="This server's name in the journal's leases (which server follows which job); unset: "
         "host, process id and a random part.",
     )
+    user_keys: bool = Field(
+        default=False,
+        description="on: each user brings their own fal key, entered on a page this server serves (over "
+        "HTTP, reached through URL-mode elicitation) and used only for that user's jobs; the server's key "
+        "is then never used for anyone's jobs. Needs FLUX_MCP_USER_KEYS_SECRET.",
+    )
+    user_keys_secret: SecretStr | None = Field(
+        default=None,
+        description="With FLUX_MCP_USER_KEYS=on: a random secret of at least 32 bytes (e.g. `openssl rand "
+        "-base64 48`), the same on every replica, that seals the users' fal keys at rest and signs the links "
+        "to the key page. Changing it makes the stored keys unreadable: users then enter them again.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The origin users' browsers reach this server at (e.g. https://flux.example.com, no "
+        "path), for the link to the key page; unset: the origin of the MCP request.",
+    )
     max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
         default=0.50,
         ge=0,
@@ -217,7 +234,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("fal_url", mode="after")
+    @field_validator("fal_url", "public_url", mode="after")
     @classmethod
     def _origin(cls, value: str | None) -> str | None:
         # Checked here rather than at the first fal call, so that a typo stops the server at start.
@@ -225,7 +242,7 @@ class Settings(BaseSettings):
             return None
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
-            raise ValueError("not an http(s) origin such as http://127.0.0.1:8765")
+            raise ValueError("not an http(s) origin such as http://127.0.0.1:8765 (no path)")
         return value.strip()
 
     @field_validator("user_budgets", mode="before")
@@ -297,6 +314,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{self.env_name('http_token')} and the OAuth settings are exclusive: the token is for a "
                 "server one person uses, OAuth for a team; unset one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _user_keys_sealed(self) -> Settings:
+        if not self.user_keys:
+            return self
+        secret = self.user_keys_secret.get_secret_value() if self.user_keys_secret is not None else ""
+        if len(secret.encode()) < 32:
+            raise ValueError(
+                f"{self.env_name('user_keys')}=on needs {self.env_name('user_keys_secret')}: a random secret "
+                f"of at least 32 bytes (e.g. the output of `openssl rand -base64 48`), "
+                f"{'which is unset' if not secret else f'not {len(secret.encode())} bytes'}"
             )
         return self
 

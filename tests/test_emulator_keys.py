@@ -99,3 +99,29 @@ async def test_a_key_with_characters_no_header_can_carry_is_never_sent(
     text = " ".join(getattr(block, "text", "") for block in result.content)
     assert result.is_error and "cannot carry" in text and "nothing was sent" in text
     assert sum(emulator.counters.values()) == 0
+
+
+async def test_each_key_is_an_account_that_sees_only_its_own_requests(emulator: Emulator) -> None:
+    """As on fal: a request is found (status, result, cancel, history) only with its account's keys."""
+    emulator.config.keys = ["alice-id:alice-secret", "bob-id:bob-secret"]
+    alice = httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": "Key alice-id:alice-secret"})
+    bob = httpx.AsyncClient(base_url=emulator.url, headers={"Authorization": "Key bob-id:bob-secret"})
+    async with alice, bob:
+        submitted = (await alice.post(f"/{SCHNELL}", json={"prompt": "x"})).json()
+        status_url, cancel_url = submitted["status_url"], submitted["cancel_url"]
+        theirs = [
+            await bob.get(status_url),
+            await bob.put(cancel_url),
+            await bob.get(submitted["response_url"]),
+        ]
+        own = await alice.get(status_url)
+        window = {"endpoint_id": SCHNELL, "start": "2000-01-01T00:00:00Z"}
+        histories = [
+            (await client.get(f"{emulator.url}/v1/models/requests/by-endpoint", params=window)).json()[
+                "items"
+            ]
+            for client in (alice, bob)
+        ]
+    assert [answer.status_code for answer in theirs] == [404, 404, 404]
+    assert own.status_code == 200 and emulator.job(submitted["request_id"]).account == "alice-id"
+    assert [item["request_id"] for item in histories[0]] == [submitted["request_id"]] and histories[1] == []

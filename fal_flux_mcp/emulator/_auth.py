@@ -36,7 +36,10 @@ def check_key(config: EmulatorConfig, request: Request) -> Response | None:
         return json_response({"detail": _NO_USER + "." + hint}, 401)
     if ":" not in credentials:
         return json_response({"detail": _BAD_FORMAT + hint}, 401)
-    if not config.accept_any_key and not secrets.compare_digest(credentials.encode(), config.key.encode()):
+    accepted_keys = [config.key, *config.keys]
+    if not config.accept_any_key and not any(
+        secrets.compare_digest(credentials.encode(), key.encode()) for key in accepted_keys
+    ):
         return json_response({"detail": _NO_USER + "." + hint}, 401)
     if config.locked:
         return json_response({"detail": f"User is locked. Reason: {config.lock_reason}"}, 403)
@@ -49,3 +52,9 @@ def check_token(files: FileStore, request: Request) -> Response | None:
     if scheme.lower() != "bearer" or not files.token_valid(token.strip()):
         return json_response({"detail": "Invalid or expired token"}, 401)
     return None
+
+
+def account(request: Request) -> str:
+    """The account a request's key belongs to (its key id): whose requests it may see."""
+    credentials = request.headers.get("authorization", "").strip().partition(" ")[2].strip()
+    return credentials.partition(":")[0]

@@ -33,6 +33,11 @@ class EmulatorConfig(BaseModel):
     key: str = DEFAULT_KEY
     """The one fal key accepted, ``<key_id>:<key_secret>``, sent as ``Authorization: Key <key>``."""
 
+    keys: list[str] = Field(default_factory=list)
+    """More keys accepted besides ``key``, each of an account of its own (its key id): as on fal, a
+    request is found (status, result, cancel, request history) only with a key of the account that
+    submitted it."""
+
     accept_any_key: bool = False
     """Accept any well-formed ``<id>:<secret>`` key, for demos where the caller's key is unknown."""
 

@@ -74,6 +74,8 @@ class JobInfo:
     seed: int
     finished_at: float | None
     """When the job completed, on ``time.monotonic``'s clock (for measuring a client's lag)."""
+    account: str = ""
+    """The key id of the account that submitted it."""
 
 
 class Core:
@@ -173,6 +175,7 @@ class Core:
         webhook_url: str | None = None,
         runner_hint: str | None = None,
         sync: bool = False,
+        account: str = "",
     ) -> jobs.Job:
         """Register a job; its outcome (but for cancels and timeouts) is decided here, as input is known."""
         config = self.config
@@ -208,6 +211,7 @@ class Core:
             webhook_url=webhook_url,
             runner_hint=runner_hint,
             sync=sync,
+            account=account,
             full_path_urls=config.request_routes == "full_path",
         )
         if planned == jobs.OK:
@@ -362,6 +366,7 @@ class Core:
             webhook_url=job.webhook_url,
             runner_hint=job.runner_hint,
             sync=job.sync,
+            account=job.account,
             started=job.started_at is not None,
             cancel_requested=job.cancel_requested,
             cancelled=job.outcome == jobs.CLIENT_CANCELLED,

@@ -65,6 +65,8 @@ class Job:
     webhook_url: str | None = None
     runner_hint: str | None = None
     sync: bool = False
+    #: The key id of the account that submitted it: only that account's keys find it.
+    account: str = ""
     seq: int = 0
     started_at: float | None = None
     finished_at: float | None = None

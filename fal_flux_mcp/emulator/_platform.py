@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from fal_flux_mcp.emulator import _jobs as jobs
-from fal_flux_mcp.emulator._auth import check_key
+from fal_flux_mcp.emulator._auth import account, check_key
 from fal_flux_mcp.emulator._responses import iso_time
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ async def request_history(core: Core, request: Request) -> Response:
         for job in sorted(core.store.jobs.values(), key=lambda job: job.submitted_at)
         if job.endpoint_id == endpoint_id
         and not job.sync
+        and job.account == account(request)
         and (start is None or job.submitted_at + job.wall_offset >= start)
         and (end is None or job.submitted_at + job.wall_offset <= min(end, now))
     ]

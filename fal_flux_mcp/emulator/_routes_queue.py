@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fal_flux_mcp.emulator import _jobs as jobs
-from fal_flux_mcp.emulator._auth import check_key
+from fal_flux_mcp.emulator._auth import account, check_key
 from fal_flux_mcp.emulator._core import Core, wait_until_set
 from fal_flux_mcp.emulator._responses import json_response, request_origin, with_faults
 from fal_flux_mcp.emulator._validation import FieldErrors, parse_body, validate
@@ -91,6 +91,7 @@ def queue_routes(core: Core) -> list[Route]:
             start_timeout=start_timeout,
             webhook_url=request.query_params.get("fal_webhook") or None,
             runner_hint=request.headers.get("x-fal-runner-hint"),
+            account=account(request),
         )
         body = {
             "status": jobs.IN_QUEUE,
@@ -119,6 +120,7 @@ def queue_routes(core: Core) -> list[Route]:
             errors,
             runner_hint=request.headers.get("x-fal-runner-hint"),
             sync=True,
+            account=account(request),
         )
         closing = core.closing
         while not job.done.is_set() and not closing.is_set():
@@ -217,7 +219,7 @@ def find_job(core: Core, request: Request) -> jobs.Job | Response:
     """The job a ``.../requests/<id>`` URL names, or fal's refusal: unknown id, other app, wrong form."""
     job = core.store.jobs.get(request.path_params["request_id"])
     prefix = request.path_params["prefix"].strip("/")
-    if job is None or not job.served_under(prefix):
+    if job is None or not job.served_under(prefix) or job.account != account(request):
         return json_response({"detail": "Request not found"}, 404)
     routes = core.config.request_routes
     if job.endpoint.path and routes == "app" and prefix == job.endpoint_id:

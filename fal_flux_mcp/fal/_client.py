@@ -49,6 +49,8 @@ _STREAM_TIMEOUT = httpx.Timeout(5.0, read=60.0)
 #: Consecutive broken status streams before falling back to polling.
 _STREAM_ATTEMPTS = 3
 _MAX_POLL_INTERVAL = 2.0
+#: The constructor's arguments that ``with_key`` does not copy.
+_NOT_COPIED = frozenset({"self", "key", "http", "streams"})
 
 
 class FalClient:
@@ -69,7 +71,10 @@ class FalClient:
         part_size: int = 10 * MiB,
         poll_interval: float = 0.25,
         max_download_bytes: int = 64 * MiB,
+        streams: httpx.AsyncClient | None = None,
     ) -> None:
+        # How this client was configured, but for its key and pools: what ``with_key`` copies.
+        self._options = {name: value for name, value in locals().items() if name not in _NOT_COPIED}
         self.hosts = FalHosts(base_url)
         self._owns_http = http is None
         self.http = http or http_client(max_connections=16, keepalive=16)
@@ -77,7 +82,7 @@ class FalClient:
         # the request pool's slots nor make it drop its idle keep-alive connections (httpcore counts
         # every open connection against max_keepalive_connections), which under load would cost a
         # new connection, and against fal a new TLS handshake, for every request.
-        self._streams = http or http_client(max_connections=1000, keepalive=10, queue=False)
+        self._streams = streams or http or http_client(max_connections=1000, keepalive=10, queue=False)
         self._transport = FalTransport(
             self.http, self.hosts, key, retry or RetryPolicy(), streams=self._streams
         )
@@ -99,7 +104,18 @@ class FalClient:
                 max_delay=settings.retry_max_delay,
             ),
         )
-        return cls(settings.fal_credentials(), base_url=settings.fal_url, **kwargs)
+        # With each user's own key (FLUX_MCP_USER_KEYS=on) the server's key is never sent: this client
+        # then only lends its connections to the users' clients (``with_key``) and downloads.
+        key = None if settings.user_keys else settings.fal_credentials()
+        return cls(key, base_url=settings.fal_url, **kwargs)
+
+    def with_key(self, key: str | None) -> FalClient:
+        """A client like this one that sends ``key``, through this one's connection pools.
+
+        For a server whose users each bring their own key: one pool for all of them, so that a
+        hundred users cost no more connections than one. Closing it leaves the pools open.
+        """
+        return FalClient(key, http=self.http, streams=self._streams, **self._options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> FalClient:
         return self

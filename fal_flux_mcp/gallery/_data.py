@@ -101,7 +101,7 @@ async def logs(jobs: JobService, record: JobRecord) -> tuple[list[str], str | No
     """fal's log lines for the job, or why they could not be fetched (they are kept by fal, not here)."""
     try:
         with anyio.fail_after(LOGS_SECONDS):
-            status = await jobs.fal.status(JobService.handle(record), logs=True)
+            status = await jobs.fal_for(record.owner).status(JobService.handle(record), logs=True)
     except TimeoutError:
         return [], f"fal did not answer within {LOGS_SECONDS:g} s"
     except Exception as exc:  # no key, fal down, the job forgotten: the page still shows the rest

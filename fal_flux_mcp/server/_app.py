@@ -41,12 +41,13 @@ from pydantic import AnyUrl, BaseModel
 from fal_flux_mcp._version import __version__
 from fal_flux_mcp.server._apps import build_apps, client_supports_apps, for_client
 from fal_flux_mcp.server._arguments import check_arguments
-from fal_flux_mcp.server._identity import user_for
+from fal_flux_mcp.server._identity import current_user, user_for
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
 from fal_flux_mcp.server._retention import keep_pruning
 from fal_flux_mcp.server._schemas import image_name, image_uri, job_uri
+from fal_flux_mcp.server._user_keys import NEEDS_KEY
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -118,6 +119,13 @@ class FluxServer(MCPServer[AppState]):
         if problem is not None:
             logger.info("tool %s refused arguments %s", name, sorted(arguments))
             return CallToolResult(content=[TextContent(text=problem)], is_error=True)
+        user = current_user(context) if context is not None else None
+        keys = self.state.jobs.user_keys if self.state is not None else None
+        if keys is not None and context is not None and user is not None and name in NEEDS_KEY:
+            from fal_flux_mcp.server._key_prompt import ask_for_key
+
+            if (answer := await ask_for_key(context, self.flux_settings, keys, user)) is not None:
+                return answer
         result = await super().call_tool(name, arguments, context)
         return fit_result(result) if isinstance(result, CallToolResult) else result
 

@@ -29,12 +29,12 @@ async def cancel(jobs: JobService, job_id: str, owner: str) -> tuple[JobRecord, 
     job_id = record.job_id
     if record.is_terminal:
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
-    before = await jobs.fal.status(jobs.handle(record))
+    before = await jobs.fal_for(record.owner).status(jobs.handle(record))
     if before.done:
         record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     was_running = before.status == "IN_PROGRESS"
-    answer = await jobs.fal.cancel(jobs.handle(record))
+    answer = await jobs.fal_for(record.owner).cancel(jobs.handle(record))
     if not answer.accepted:
         record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job finished ({record.status}) before the cancel reached it."
@@ -83,14 +83,14 @@ async def stop_waiting(jobs: JobService, record: JobRecord) -> None:
     if record.is_terminal:
         return
     try:
-        status = await jobs.fal.status(jobs.handle(record))
+        status = await jobs.fal_for(record.owner).status(jobs.handle(record))
         queued = status.status == "IN_QUEUE"
     except FalError as exc:  # cannot tell: go by the last state fal reported
         logger.info("could not ask fal about %s before cancelling: %s", record.job_id, exc)
         queued = record.status == "queued"
     if queued:
         try:
-            await jobs.fal.cancel(jobs.handle(record))
+            await jobs.fal_for(record.owner).cancel(jobs.handle(record))
             logger.info("the client stopped waiting; cancelled queued job %s on fal", record.job_id)
         except FalError as exc:
             logger.warning("the client stopped waiting; could not cancel job %s: %s", record.job_id, exc)

@@ -14,6 +14,10 @@ request needs a JWT from the configured issuer (see ``_oauth``), whose subject i
 ``_identity``). The two are exclusive (the settings refuse both at once): the static token stands for
 one person, and a token that is not a verified JWT must not become a user of a shared server.
 
+With ``FLUX_MCP_USER_KEYS=on`` the page where users enter their own fal key is served at ``/keys``,
+outside the token check: a browser has no token, and the page takes the ticket of its link instead
+(see ``_key_page``).
+
 The web gallery is served at ``/gallery`` beside the MCP endpoint, behind the same token and checks
 (see ``fal_flux_mcp.gallery._web`` for how a browser presents the token). Under OAuth it is not served:
 it shows every job, and a browser has no JWT to show.
@@ -34,6 +38,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fal_flux_mcp.server._app import FluxServer
+from fal_flux_mcp.server._user_keys import KEY_PAGE_PATH
 
 HttpTransport = Literal["sse", "streamable-http"]
 
@@ -155,7 +160,13 @@ def http_app(
 
     source = JobsSource(settings, lambda: server.state.jobs if server.state else None)
     gallery = no_gallery if settings.oauth else gallery_app(source, security, token, stopping)
-    return WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery, source.aclose)
+    served: ASGIApp = WithGallery(BearerTokenMiddleware(app, token) if token else app, gallery, source.aclose)
+    if settings.user_keys:
+        from fal_flux_mcp.server._key_page import KeyPage
+
+        page = KeyPage(lambda: server.state.jobs.user_keys if server.state else None)
+        served = WithKeyPage(served, page)
+    return served
 
 
 async def no_gallery(scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,6 +199,20 @@ class WithGallery:
                 await self.app(scope, receive, send)
             finally:
                 await self._close()
+        else:
+            await self.app(scope, receive, send)
+
+
+class WithKeyPage:
+    """``/keys`` to the users' key page (its links carry their own ticket), the rest to ``app``."""
+
+    def __init__(self, app: ASGIApp, page: ASGIApp) -> None:
+        self.app = app
+        self.page = page
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == KEY_PAGE_PATH:
+            await self.page(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

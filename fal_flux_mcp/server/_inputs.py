@@ -7,6 +7,7 @@ are located and measured before any is uploaded, so that a mask of the wrong siz
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,21 +55,17 @@ class Prepared:
 
 
 class InputBuilder:
-    """Builds and checks fal inputs; resolves input images through the one fal client."""
+    """Builds and checks fal inputs; resolves input images through their user's fal client (``fal``)."""
 
     def __init__(
         self,
         settings: Settings,
-        fal: Callable[[], FalClient],
+        fal: Callable[[str], FalClient],
         find_image: Callable[[str, int, str], ImageInfo],
     ) -> None:
         self.settings = settings
         self._fal = fal
         self._find_image = find_image
-
-    @property
-    def fal(self) -> FalClient:
-        return self._fal()
 
     def _owned_images(self, owner: str) -> Callable[[str, int], ImageInfo]:
         """Previous results as ``owner`` may use them: theirs only."""
@@ -112,7 +109,8 @@ class InputBuilder:
         this, submitting cannot be refused."""
         model, fields = self.build(params)
         self.checked(params)  # every other field first: a bad value must cost neither money nor time
-        with Sources(self.settings, self._fal, self._owned_images(owner), allowed_dirs) as sources:
+        fal = functools.partial(self._fal, owner)
+        with Sources(self.settings, fal, self._owned_images(owner), allowed_dirs) as sources:
             located = await self._locate(sources, fields, measure=_sizes_matter(model, fields))
             for name, found in located.items():
                 urls = [await sources.url_for(source) for source in found]
@@ -126,7 +124,8 @@ class InputBuilder:
         _, fields = self.build(params)
         if not _sizes_matter(model, fields):
             return Prepared(model, fal_input, [])
-        with Sources(self.settings, self._fal, self._owned_images(owner), allowed_dirs) as sources:
+        fal = functools.partial(self._fal, owner)
+        with Sources(self.settings, fal, self._owned_images(owner), allowed_dirs) as sources:
             located = await self._locate(sources, fields, measure=True)
         return Prepared(model, fal_input, _sizes(located))
 

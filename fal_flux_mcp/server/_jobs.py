@@ -42,6 +42,7 @@ from fal_flux_mcp.server._reconcile import Reconciler
 from fal_flux_mcp.server._results import describe, has_pending_saves, job_result, message
 from fal_flux_mcp.server._saving import ImageSaver
 from fal_flux_mcp.server._schemas import ImageInfo, JobResult, JobState
+from fal_flux_mcp.server._user_keys import UserKeys
 from fal_flux_mcp.settings import Settings
 
 if TYPE_CHECKING:
@@ -63,14 +64,15 @@ class JobService:
         self.journal = journal
         self._fal = fal
         self._locks: dict[str, anyio.Lock] = {}
-        self.inputs = InputBuilder(settings, lambda: self.fal, functools.partial(image_of, self))
+        self.user_keys = UserKeys(settings, journal, lambda: self.fal) if settings.user_keys else None
+        self.inputs = InputBuilder(settings, self.fal_for, functools.partial(image_of, self))
         self.prices = PriceBook(lambda: self.fal)
         self.ledger = Ledger(journal, settings)
         self.saver = ImageSaver(settings, lambda: self.fal)
         self.background = Background()
         self.reconciler = Reconciler(
             journal,
-            lambda: self.fal,
+            self.fal_for,
             window=timedelta(seconds=settings.reconcile_window_seconds),
         )
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
@@ -85,6 +87,10 @@ class JobService:
 
             self._fal = FalClient.from_settings(self.settings)
         return self._fal
+
+    def fal_for(self, owner: str) -> FalClient:
+        """The fal client for ``owner``'s jobs: their own key's under ``USER_KEYS=on`` (see ``_user_keys``)."""
+        return self.fal if self.user_keys is None else self.user_keys.client(owner)
 
     async def aclose(self) -> None:
         """Close the fal client if one was made."""
@@ -169,7 +175,8 @@ class JobService:
         completed = False
         deadline = anyio.current_time() + seconds
         with anyio.move_on_after(seconds):
-            async with aclosing(self.fal.stream_status(self.handle(record), logs=logs)) as updates:
+            stream = self.fal_for(record.owner).stream_status(self.handle(record), logs=logs)
+            async with aclosing(stream) as updates:
                 async for status in updates:
                     record = self._note(record, status)
                     if status.logs:
@@ -210,7 +217,7 @@ class JobService:
         """Ask fal once where the job is (and finish it if it is done)."""
         if record.is_terminal:
             return record, []
-        status = await self.fal.status(self.handle(record), logs=logs)
+        status = await self.fal_for(record.owner).status(self.handle(record), logs=logs)
         lines = [entry.message for entry in status.logs or []]
         if status.done:
             return await self.finish(record.job_id), lines
@@ -229,14 +236,14 @@ class JobService:
             if record.is_terminal or not self.follower.take(job_id):
                 return record  # finished, or another replica follows it and finishes it
             try:
-                output = await self.fal.result(self.handle(record))
+                output = await self.fal_for(record.owner).result(self.handle(record))
             except (ContentPolicyError, ValidationError, JobFailedError, FalTimeoutError) as exc:
                 if isinstance(exc, FalTimeoutError) and exc.status_code is None:
                     raise  # fal was slow to answer: the job is fine, ask again later
                 return await self._failed(record, exc.message, exc.error_type, status_code=exc.status_code)
             except UpstreamUnavailableError:
                 # A 5xx or a broken connection says nothing about the job; its status does.
-                status = await self.fal.status(self.handle(record))
+                status = await self.fal_for(record.owner).status(self.handle(record))
                 if status.error:
                     return await self._failed(record, status.error, status.error_type)
                 raise

@@ -287,6 +287,27 @@ class Journal(JournalLeases, ABC):
         rows = self.read(f"SELECT * FROM jobs WHERE pending_save ORDER BY created_at, {self._ORDER}")
         return [from_row(row) for row in rows]
 
+    # ------------------------------------------------------------------- users' own fal keys (sealed)
+
+    def sealed_key(self, owner: str) -> str | None:
+        """The sealed fal key ``owner`` stored (see ``_user_keys``), or None."""
+        rows = self.read("SELECT sealed FROM user_keys WHERE owner = ?", (owner,))
+        return str(rows[0]["sealed"]) if rows else None
+
+    def store_sealed_key(self, owner: str, sealed: str) -> None:
+        """Store (or replace) ``owner``'s sealed fal key."""
+        with self._session(write=True, synced=True) as session:
+            session.run(
+                "INSERT INTO user_keys (owner, sealed, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (owner) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+                (owner, sealed, utc_now().isoformat()),
+            )
+
+    def delete_sealed_key(self, owner: str) -> bool:
+        """Forget ``owner``'s fal key; whether there was one."""
+        with self._session(write=True, synced=True) as session:
+            return session.run("DELETE FROM user_keys WHERE owner = ?", (owner,)) > 0
+
 
 def _owned(owner: str | None, keyword: str) -> tuple[str, tuple[str, ...]]:
     """The condition (after ``keyword``) that keeps only ``owner``'s rows, and its parameter; none for None."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from fal_flux_mcp.fal import FalError
+from fal_flux_mcp.fal import FalError, MissingCredentialsError
 from fal_flux_mcp.models import FalInput
 from fal_flux_mcp.registry import MODELS, ModelInfo, PriceUnit
 from fal_flux_mcp.server._errors import JobError
@@ -155,7 +155,7 @@ class PriceBook:
             )
             return
         except FalError as exc:
-            if exc.status_code in (401, 403):
+            if exc.status_code in (401, 403) or isinstance(exc, MissingCredentialsError):
                 # The key lacks the permission; that will not change within the day.
                 self._prices = {}
                 self._next_ask = time.monotonic() + self._ttl

@@ -41,7 +41,7 @@ class Reconciler:
     def __init__(
         self,
         journal: Journal,
-        fal: Callable[[], FalClient],
+        fal: Callable[[str], FalClient],
         *,
         window: timedelta,
     ) -> None:
@@ -54,7 +54,7 @@ class Reconciler:
         now = datetime.now(UTC)
         closes = intent.created_at + self.window
         try:
-            items = await self._fal().platform.request_history(
+            items = await self._fal(intent.owner).platform.request_history(
                 intent.endpoint_id,
                 start=intent.created_at - _CLOCK_SKEW,
                 end=min(closes, now) + _CLOCK_SKEW,
@@ -103,7 +103,7 @@ class Reconciler:
         return min(candidates, key=lambda item: _distance(item, intent), default=None)
 
     def _record(self, intent: SubmitIntent, item: HistoryItem) -> JobRecord:
-        handle = self._fal().handle(intent.endpoint_id, item.request_id)
+        handle = self._fal(intent.owner).handle(intent.endpoint_id, item.request_id)
         return JobRecord(
             job_id=item.request_id,
             owner=intent.owner,

@@ -86,7 +86,9 @@ async def submit(
             "again to be asked."
         )
     try:
-        handle = await jobs.fal.submit(model.endpoint_id, fal_input, webhook_url=webhook_url)
+        handle = await jobs.fal_for(intent.owner).submit(
+            model.endpoint_id, fal_input, webhook_url=webhook_url
+        )
     except SubmissionStateUnknownError as exc:
         jobs.reconcile_in_background(intent)
         raise JobError(

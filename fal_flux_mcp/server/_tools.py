@@ -301,14 +301,14 @@ def register_tools(server: FluxServer) -> None:
         (JPEG, PNG, WebP, GIF, AVIF) are accepted.
         """
         state = _state(ctx)
-        require_user(ctx)  # the server's fal key serves its users only
+        fal = state.jobs.fal_for(require_user(ctx))  # a verified user's, with their own key if they have one
         limit = state.settings.upload_max_bytes
         with _tool_errors():
             if params.path is not None:
                 dirs = await allowed_dirs(ctx, state)
                 hard_links = state.settings.allow_hard_links
                 with await open_local_image(params.path, dirs, limit, allow_hard_links=hard_links) as local:
-                    url = await state.jobs.fal.upload_from_file(
+                    url = await fal.upload_from_file(
                         local, size=local.size, content_type=local.content_type, file_name=local.file_name
                     )
                 return UploadResult(
@@ -316,7 +316,7 @@ def register_tools(server: FluxServer) -> None:
                 )
             assert params.data is not None
             decoded = decode_image_data(params.data, params.file_name, limit)
-            url = await state.jobs.fal.upload_bytes(
+            url = await fal.upload_bytes(
                 decoded.data, content_type=decoded.content_type, file_name=decoded.file_name
             )
             return UploadResult(
