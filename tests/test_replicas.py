@@ -170,6 +170,26 @@ async def test_a_job_a_replica_holds_but_nothing_there_follows_is_followed_again
     assert record is not None and record.status == "completed" and len(saved_files(settings)) == 1
 
 
+async def test_a_running_job_cancelled_through_another_replica_is_told_and_counted_as_fal_may_bill(
+    settings: Settings, emulator: Emulator, database: str | None, shared: Journal
+) -> None:
+    emulator.config.job_seconds = 5
+    a, b = replica(settings, database, "a"), replica(settings, database, "b")
+    async with Client(build_server(a)) as on_a, Client(build_server(b)) as on_b:
+        job_id = (await on_a.call_tool("submit_job", {"prompt": "x", "model": SCHNELL})).structured_content[
+            "job_id"
+        ]
+        with anyio.fail_after(10):
+            while not emulator.job(job_id).started:
+                await anyio.sleep(0.01)
+        emulator.inject("result", "slow", count=1, delay=1.0)  # a takes a moment to record fal's answer
+        cancelled = await on_b.call_tool("cancel_job", {"job_id": job_id})
+    assert cancelled.structured_content["status"] == "cancelled"
+    assert "may still bill" in cancelled.structured_content["message"]
+    record = shared.get(job_id)
+    assert record is not None and record.status == "cancelled" and record.charge == "possibly_charged"
+
+
 async def test_a_listener_on_one_replica_hears_a_job_finish_on_another(
     settings: Settings, emulator: Emulator, database_url: str
 ) -> None:

@@ -108,6 +108,11 @@ class Follower:
             or self.jobs.background.running(f"save {job_id}")
         )
 
+    def followed_elsewhere(self, job_id: str) -> bool:
+        """Whether another live replica follows ``job_id`` (and so records what becomes of it)."""
+        lease = self.journal.lease(job_id)
+        return lease is not None and lease.holder != self.holder and not lease.expired()
+
     def follow(self, record: JobRecord) -> None:
         """Follow a job in the background until it ends, if this replica can take its lease.
 
