@@ -147,6 +147,20 @@ class Settings(BaseSettings):
         "that any replica answers them (they lose mid-call questions and change notifications); unset: "
         "on when FLUX_MCP_REQUEST_STATE_KEYS is set.",
     )
+    lease_seconds: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=600,
+        description="How long a server's claim on following an unfinished job lasts unless renewed (every "
+        "third of it); a server that dies has its jobs taken over by another this long after.",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="This server's name in the journal's leases (which server follows which job); unset: "
+        "host, process id and a random part.",
+    )
     user_keys: bool = Field(
         default=False,
         description="on: each user brings their own fal key, entered on a page this server serves (over "

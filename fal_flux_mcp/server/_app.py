@@ -8,10 +8,10 @@ loses nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server.auth.provider import TokenVerifier
@@ -19,7 +19,12 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
-from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+)
 from mcp.types import (
     CallToolResult,
     ImageContent,
@@ -44,6 +49,9 @@ from fal_flux_mcp.server._retention import keep_pruning
 from fal_flux_mcp.server._schemas import image_name, image_uri, job_uri
 from fal_flux_mcp.server._user_keys import NEEDS_KEY
 from fal_flux_mcp.settings import Settings
+
+if TYPE_CHECKING:
+    from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
 
 logger = logging.getLogger("fal_flux_mcp.server")
 
@@ -74,7 +82,7 @@ class FluxServer(MCPServer[AppState]):
     """``MCPServer`` that lists recent images as resources and serves each image with its real type."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.bus = InMemorySubscriptionBus()
+        self.bus = open_bus(settings)
         super().__init__(subscriptions=self.bus, extensions=[build_apps()], **kwargs)
         self.flux_settings = settings
         self.state: AppState | None = None
@@ -242,6 +250,28 @@ async def _warm_up_when_in_use(server: FluxServer) -> None:
 _WARM_UP_AFTER = 0.05
 
 
+def open_bus(settings: Settings) -> InMemorySubscriptionBus | PostgresSubscriptionBus:
+    """Where change notifications go: through PostgreSQL to every replica sharing the journal, else in memory."""
+    if settings.database_url is not None:
+        from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
+
+        return PostgresSubscriptionBus(settings.database_url.get_secret_value())
+    return InMemorySubscriptionBus()
+
+
+def _wake_waiters(jobs: JobService) -> Callable[[ServerEvent], None]:
+    """A bus listener that wakes this replica's waits for a job another replica finishes."""
+
+    def on_event(event: ServerEvent) -> None:
+        if isinstance(event, ResourceUpdated) and event.uri.startswith(_JOB_URI):
+            jobs.follower.job_changed(event.uri.removeprefix(_JOB_URI))
+
+    return on_event
+
+
+_JOB_URI = job_uri("")
+
+
 def build_server(settings: Settings | None = None) -> FluxServer:
     """The fal-flux-mcp MCP server, configured by ``settings`` (default: from the environment)."""
     from fal_flux_mcp.server._resources import register_resources
@@ -254,8 +284,12 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         assert isinstance(server, FluxServer)
         journal = open_journal(settings)
         jobs = JobService(settings, journal)
+        stop_waking = server.bus.subscribe(_wake_waiters(jobs))
+        shared_bus = None if isinstance(server.bus, InMemorySubscriptionBus) else server.bus
         async with anyio.create_task_group() as group:
             jobs.background.task_group = group
+            if shared_bus is not None:
+                await group.start(shared_bus.run)  # hears the other replicas from now on
 
             async def announce(record: JobRecord) -> None:
                 await server.bus.publish(ResourceUpdated(uri=job_uri(record.job_id)))
@@ -265,10 +299,7 @@ def build_server(settings: Settings | None = None) -> FluxServer:
             jobs.on_finished = announce
             state = AppState(settings=settings, journal=journal, jobs=jobs)
             server.state = state
-            for record in journal.unfinished():
-                jobs.follow_in_background(record)
-            for record in journal.pending_saves():
-                jobs.save_in_background(record)
+            group.start_soon(jobs.follower.run)  # claims and follows what an earlier run left unfinished
             for intent in journal.intents():  # submissions whose answer a crash lost
                 jobs.reconcile_in_background(intent)
             group.start_soon(_warm_up_when_in_use, server)
@@ -277,9 +308,13 @@ def build_server(settings: Settings | None = None) -> FluxServer:
                 yield state
             finally:
                 server.state = None
+                stop_waking()
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
+                    await jobs.follower.stop()
                     await jobs.aclose()
+                    if shared_bus is not None:
+                        await shared_bus.aclose()
                 journal.close()
 
     server = FluxServer(

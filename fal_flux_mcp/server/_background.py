@@ -47,6 +47,10 @@ class Background:
             self._run, name, attempt, first_delay, max_delay, wait_first, give_up_after, name=name
         )
 
+    def running(self, name: str) -> bool:
+        """Whether the work of this name is running (or waiting to try again)."""
+        return name in self._running
+
     async def _run(
         self,
         name: str,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
+
 from fal_flux_mcp.fal import FalError
 from fal_flux_mcp.server._journal import JobRecord
 
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
     from fal_flux_mcp.server._jobs import JobService
 
 logger = logging.getLogger("fal_flux_mcp.server")
+
+#: How long a cancel waits for the replica that follows the job to record fal's answer to it.
+_HOLDER_RECORDS_SECONDS = 5.0
 
 
 async def cancel(jobs: JobService, job_id: str, owner: str) -> tuple[JobRecord, bool, str]:
@@ -31,14 +36,16 @@ async def cancel(jobs: JobService, job_id: str, owner: str) -> tuple[JobRecord, 
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     before = await jobs.fal_for(record.owner).status(jobs.handle(record))
     if before.done:
-        record = await jobs.finish(job_id)
+        record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job had already finished ({record.status}); nothing to cancel."
     was_running = before.status == "IN_PROGRESS"
     answer = await jobs.fal_for(record.owner).cancel(jobs.handle(record))
     if not answer.accepted:
-        record = await jobs.finish(job_id)
+        record = await jobs.follower.finish_or_wait(job_id)
         return record, False, f"The job finished ({record.status}) before the cancel reached it."
     record, _ = await jobs.poll(record)
+    if not record.is_terminal and jobs.follower.followed_elsewhere(job_id):  # it records fal's answer
+        record = await jobs.follower.wait_for_holder(job_id, anyio.current_time() + _HOLDER_RECORDS_SECONDS)
     if record.status == "cancelled":
         if was_running:  # fal may bill the time it ran: keep the reservation, marked as such
             record = jobs.journal.update(record.job_id, charge="possibly_charged")

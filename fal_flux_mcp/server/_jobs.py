@@ -31,6 +31,7 @@ from fal_flux_mcp.fal import (
 from fal_flux_mcp.registry import MODELS
 from fal_flux_mcp.server._background import Background
 from fal_flux_mcp.server._cancel import stop_waiting
+from fal_flux_mcp.server._following import Follower
 from fal_flux_mcp.server._images import Preview
 from fal_flux_mcp.server._inputs import InputBuilder
 from fal_flux_mcp.server._journal import JobRecord, Journal, SubmitIntent
@@ -50,17 +51,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fal_flux_mcp.server")
 
 StatusCallback = Callable[[QueueStatus], Awaitable[None]]
-#: How long a background follower keeps watching a job the client stopped waiting for.
-_FOLLOW_SECONDS = 6 * 3600
-#: The first and the longest wait of a background follower before it asks fal again after a failure.
-_FOLLOW_RETRY_FIRST = 1.0
-_FOLLOW_RETRY_MAX = 60.0
 #: The first and the longest wait before fal's request history is read again for a leftover submission.
 _RECONCILE_RETRY_FIRST = 2.0
 _RECONCILE_RETRY_MAX = 60.0
-#: The first wait before saving an image again, and the longest (a full disk may take a while to clear).
-_SAVE_RETRY_FIRST = 1.0
-_SAVE_RETRY_MAX = 300.0
 
 
 class JobService:
@@ -83,6 +76,8 @@ class JobService:
             window=timedelta(seconds=settings.reconcile_window_seconds),
         )
         self.on_finished: Callable[[JobRecord], Awaitable[None]] | None = None
+        #: Which jobs this replica follows (leases), and taking over those no replica follows.
+        self.follower = Follower(self)
 
     @property
     def fal(self) -> FalClient:
@@ -156,10 +151,26 @@ class JobService:
         seconds: float,
         logs: bool = False,
         on_status: StatusCallback | None = None,
+        wait_for_holder: bool = True,
     ) -> tuple[JobRecord, list[str]]:
-        """Follow a job for at most ``seconds``; finish it if it completes. Returns it and its log lines."""
+        """Follow a job for at most ``seconds``; finish it if it completes. Returns it and its log lines.
+
+        A job another replica follows is finished by that replica: ``wait_for_holder``, this waits
+        (within ``seconds``) for the journal to show it finished; else it returns at once.
+        """
         if record.is_terminal:
             return record, []
+        with self.follower.watching(record.job_id):  # no background follower needed meanwhile
+            return await self._follow(record, seconds, logs, on_status, wait_for_holder)
+
+    async def _follow(
+        self,
+        record: JobRecord,
+        seconds: float,
+        logs: bool,
+        on_status: StatusCallback | None,
+        wait_for_holder: bool,
+    ) -> tuple[JobRecord, list[str]]:
         log_lines: list[str] = []
         completed = False
         deadline = anyio.current_time() + seconds
@@ -177,6 +188,8 @@ class JobService:
                         break
         if completed:
             record = await self._finish_by(record.job_id, deadline)
+            if not record.is_terminal and wait_for_holder:
+                record = await self.follower.wait_for_holder(record.job_id, deadline)
         return record, log_lines
 
     async def _finish_by(self, job_id: str, deadline: float) -> JobRecord:
@@ -211,30 +224,8 @@ class JobService:
         return self._note(record, status), lines
 
     def follow_in_background(self, record: JobRecord) -> None:
-        """Keep following a job nobody waits for, so its files are saved when it completes.
-
-        Every read is retried inside the fal client already; what still fails (fal down for a while,
-        a rate limit that outlasts the retries) is waited out with a backoff, never given up on
-        before the job's follow time is over.
-        """
-        if record.is_terminal:
-            return
-        job_id = record.job_id
-        deadline = anyio.current_time() + _FOLLOW_SECONDS
-
-        async def attempt() -> bool:
-            current = self.get(job_id)
-            if not current.is_terminal and (left := deadline - anyio.current_time()) > 0:
-                await self.follow(current, seconds=left)
-            return True  # finished, or its follow time is over: check_status still finds it
-
-        self.background.start(
-            f"follow {job_id}",
-            attempt,
-            first_delay=_FOLLOW_RETRY_FIRST,
-            max_delay=_FOLLOW_RETRY_MAX,
-            give_up_after=_FOLLOW_SECONDS,
-        )
+        """Keep following a job nobody waits for, so its files are saved when it completes (see ``Follower``)."""
+        self.follower.follow(record)
 
     # ------------------------------------------------------------------------------------ finishing
 
@@ -242,8 +233,8 @@ class JobService:
         """Fetch the result of a COMPLETED job, save its images and journal the result, once per job."""
         async with self._lock(job_id):
             record = self.get(job_id)
-            if record.is_terminal:
-                return record
+            if record.is_terminal or not self.follower.take(job_id):
+                return record  # finished, or another replica follows it and finishes it
             try:
                 output = await self.fal_for(record.owner).result(self.handle(record))
             except (ContentPolicyError, ValidationError, JobFailedError, FalTimeoutError) as exc:
@@ -330,8 +321,8 @@ class JobService:
         """Try once more to save a completed job's unsaved images; the job as now journalled."""
         async with self._lock(record.job_id):
             record = self.get(record.job_id)
-            if not record.pending_save or not record.result:
-                return record
+            if not record.pending_save or not record.result or not self.follower.take(record.job_id):
+                return record  # saved, or another replica saves it
             stored = JobResult.model_validate(record.result)
             images = await self.saver.retry(record, stored.images)
             result = stored.model_copy(
@@ -346,22 +337,13 @@ class JobService:
         if not record.pending_save:
             logger.info("saved the remaining images of %s", record.job_id)
             await self._finished(record)
+        else:  # this replica holds the job now: it keeps trying (a no-op when already trying)
+            self.save_in_background(record)
         return record
 
     def save_in_background(self, record: JobRecord) -> None:
-        """Keep retrying a job's unsaved images, backing off, until they are saved or fal's URL is gone."""
-        job_id = record.job_id
-
-        async def attempt() -> bool:
-            return not (await self.retry_saves(self.get(job_id))).pending_save
-
-        self.background.start(
-            f"save {job_id}",
-            attempt,
-            first_delay=_SAVE_RETRY_FIRST,
-            max_delay=_SAVE_RETRY_MAX,
-            wait_first=True,
-        )
+        """Keep retrying a job's unsaved images until they are saved or fal's URL is gone (see ``Follower``)."""
+        self.follower.save(record)
 
     async def previews(self, record: JobRecord) -> list[Preview]:
         """The previews made when the job finished (an image whose preview is missing is skipped)."""

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
+from fal_flux_mcp.server._journal_leases import JournalLeases, Lease, claim_in
 from fal_flux_mcp.server._records import (
     COLUMNS,
     IMMUTABLE_FIELDS,
@@ -48,6 +49,7 @@ __all__ = [
     "JobStatus",
     "Journal",
     "JournalError",
+    "Lease",
     "Session",
     "SubmitIntent",
     "open_journal",
@@ -80,7 +82,7 @@ class Session(Protocol):
 Check = Callable[[Session], "str | None"]
 
 
-class Journal(ABC):
+class Journal(JournalLeases, ABC):
     """The stored jobs, intents and pruned spend. Thread-safe; one instance per process is enough."""
 
     #: The column that orders rows stored in the same instant by when they were stored.
@@ -144,17 +146,24 @@ class Journal(ABC):
         with self._session() as session:
             return session.rows(sql, parameters)
 
-    def fulfil_intent(self, intent_id: str, record: JobRecord) -> bool:
+    def fulfil_intent(
+        self, intent_id: str, record: JobRecord, *, holder: str | None = None, lease_seconds: float = 0.0
+    ) -> bool:
         """The intent became ``record``: store the job and drop the intent in one transaction.
 
         Not synced to disk one by one: should a power cut undo it, the intent is back, and is looked
         up in fal's request history at the next start like any other whose answer was lost.
+
+        ``holder``: the replica that submitted the job takes its lease in the same transaction, so no
+        other replica ever sees the new job unfollowed.
 
         False (and nothing changed) if the job is already stored, e.g. found twice by reconciliation.
         """
         with self._session(write=True) as session:
             added = _insert_job(session, record)
             session.run("DELETE FROM intents WHERE intent_id = ?", (intent_id,))
+            if added and holder is not None:
+                claim_in(session, record.job_id, holder, lease_seconds, utc_now())
         return added == 1
 
     def drop_intent(self, intent_id: str) -> None:
@@ -217,6 +226,8 @@ class Journal(ABC):
             updated = JobRecord.model_validate(merged)
             new_row = to_row(updated)
             assignments = ", ".join(f"{column} = ?" for column in changes)
+            if updated.is_terminal and not updated.pending_save:  # nothing left to follow: free its lease
+                assignments += ", lease_holder = NULL, lease_expires = NULL"
             session.run(
                 f"UPDATE jobs SET {assignments} WHERE job_id = ?",
                 [*(new_row[column] for column in changes), job_id],

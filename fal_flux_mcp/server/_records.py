@@ -128,6 +128,11 @@ class SubmitIntent(BaseModel):
 INTENT_COLUMNS: tuple[str, ...] = tuple(SubmitIntent.model_fields)
 
 
+def stored_time(moment: datetime) -> str:
+    """A time as the journal stores it: fixed-width UTC ISO text, so SQL's text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def to_row(record: JobRecord) -> dict[str, Any]:
     """A job as a table row: JSON fields as text, times as fixed-width UTC text."""
     row: dict[str, Any] = record.model_dump()
@@ -136,8 +141,7 @@ def to_row(record: JobRecord) -> dict[str, Any]:
             row[name] = json.dumps(row[name], ensure_ascii=False, separators=(",", ":"))
     for name in TIME_FIELDS:
         if row[name] is not None:
-            # Fixed-width UTC ISO text, so SQL's text ordering is time ordering.
-            row[name] = row[name].astimezone(UTC).isoformat(timespec="microseconds")
+            row[name] = stored_time(row[name])
     return row
 
 

@@ -123,7 +123,14 @@ async def submit(
     )
     try:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(jobs.journal.fulfil_intent, intent.intent_id, record)
+            journal_it = functools.partial(
+                jobs.journal.fulfil_intent,
+                intent.intent_id,
+                record,
+                holder=jobs.follower.holder,  # this replica follows what it submits
+                lease_seconds=jobs.settings.lease_seconds,
+            )
+            await anyio.to_thread.run_sync(journal_it)
     except Exception as exc:
         logger.exception("could not journal job %s", record.job_id)
         raise JobError(
