@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from fal_flux_mcp.server._journal_postgres import PostgresJournal
 from fal_flux_mcp.server._journal_sqlite import SqliteJournal
 from fal_flux_mcp.settings import Settings
 from tests.postgres import PostgresServer
+from tests.team import team_starter
 
 BACKENDS = ("sqlite", "postgres")
 
@@ -85,3 +87,10 @@ def journal(open_store: Callable[[], Journal]) -> Iterator[Journal]:
     """An empty journal on each backend in turn."""
     with open_store() as opened:
         yield opened
+
+
+@pytest.fixture
+def start_team(emulator: Emulator, database_url: str, tmp_path: Path) -> Callable[..., Any]:
+    """Starts a team's topology (tests/team.py) on this test's emulator, database and folder; stopped when
+    the ``with`` it is used in ends."""
+    return team_starter(emulator.url, emulator.key, database_url, tmp_path)

@@ -32,7 +32,7 @@ import psycopg
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.issuer import ISSUER, Issuer
+from tests.issuer import ISSUER, Issuer, running_issuer
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
@@ -374,3 +374,25 @@ def running_team(
         stack.callback(nginx.stop)
         nginx.start()
         yield Team(issuer, database_url, output_dir, nginx, replicas, common)
+
+
+def team_starter(emulator_url: str, fal_key: str, database_url: str, folder: Path) -> Callable[..., Any]:
+    """``running_team`` on this emulator, database and folder, with an issuer of its own; it takes
+    ``running_team``'s other options (``keys``, ``env``)."""
+
+    @contextmanager
+    def start(**options: Any) -> Iterator[Team]:
+        with (
+            running_issuer() as issuer,
+            running_team(
+                emulator_url=emulator_url,
+                fal_key=fal_key,
+                issuer=issuer,
+                database_url=database_url,
+                folder=folder,
+                **options,
+            ) as team,
+        ):
+            yield team
+
+    return start
