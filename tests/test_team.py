@@ -30,6 +30,7 @@ from tests.team import (
     replica_env,
     wait_until,
 )
+from tests.test_server_transports import INITIALIZE, MCP_HEADERS
 
 pytestmark = pytest.mark.anyio
 
@@ -106,43 +107,21 @@ async def test_missing_bad_signature_wrong_audience_and_expired_tokens_are_refus
         "wrong audience": team.token("mallory", aud="http://127.0.0.1:1/mcp"),
         "expired": team.token("mallory", exp=now - 120, iat=now - 600),
     }
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"},
-        },
-    }
     async with httpx.AsyncClient() as http:
         for case, token in tokens.items():
-            headers = {"Accept": "application/json, text/event-stream"}
-            if token is not None:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = {**MCP_HEADERS, **({"Authorization": f"Bearer {token}"} if token else {})}
             for _ in team.replicas:  # round robin: each replica refuses it
-                answer = await http.post(f"{team.origin}/mcp", json=initialize, headers=headers)
+                answer = await http.post(f"{team.origin}/mcp", json=INITIALIZE, headers=headers)
                 assert answer.status_code == 401, (case, answer.status_code, answer.text)
                 assert answer.headers["www-authenticate"].startswith("Bearer"), case
-        good = await http.post(
-            f"{team.origin}/mcp",
-            json=initialize,
-            headers={
-                "Accept": "application/json, text/event-stream",
-                "Authorization": f"Bearer {team.token('alice')}",
-            },
-        )
+        authorised = {**MCP_HEADERS, "Authorization": f"Bearer {team.token('alice')}"}
+        good = await http.post(f"{team.origin}/mcp", json=INITIALIZE, headers=authorised)
         assert good.status_code == 200, good.text
         # The audience's Host passes the replicas' DNS-rebinding check behind nginx; another name does not.
         rebound = await http.post(
             f"{team.origin}/mcp",
-            json=initialize,
-            headers={
-                "Accept": "application/json, text/event-stream",
-                "Authorization": f"Bearer {team.token('alice')}",
-                "Host": f"rebound.example:{team.nginx.port}",
-            },
+            json=INITIALIZE,
+            headers={**authorised, "Host": f"rebound.example:{team.nginx.port}"},
         )
         assert rebound.status_code == 421, rebound.text
     answered = team.nginx.answered_by()  # each replica refused every kind of bad token
