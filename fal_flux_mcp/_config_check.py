@@ -113,7 +113,7 @@ def _allowed(name: str) -> str:
     args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(str(arg) for arg in typing.get_args(annotation))
-    if annotation is bool:
+    if annotation is bool or args == [bool]:  # bool | None: unset has a meaning of its own
         return "true or false (also 1/0, yes/no, on/off)"
     kinds = {int: "a whole number", float: "a number"}
     text = kinds.get(annotation) if isinstance(annotation, type) else None

@@ -139,6 +139,15 @@ def test_request_state_keys_too_short_stop_the_start_in_words_without_showing_th
     assert short not in completed.stderr and "k" * 64 not in completed.stderr
 
 
+def test_stateless_http_takes_true_or_false(tmp_path: Path) -> None:
+    env = {"FLUX_MCP_STATELESS_HTTP": "maybe", "FLUX_MCP_STATE_DIR": str(tmp_path / "s")}
+    completed = run_cli("serve", "--transport", "streamable-http", env=env, home=tmp_path)
+    assert completed.returncode == 2
+    assert (
+        "FLUX_MCP_STATELESS_HTTP='maybe'" in completed.stderr and "Allowed: true or false" in completed.stderr
+    )
+
+
 async def test_users_keys_entered_on_either_replica_pay_for_their_jobs_on_both(
     start_team: Callable[..., AbstractContextManager[Team]], emulator: Emulator
 ) -> None:
