@@ -23,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import anyio
 import psycopg
@@ -176,7 +175,7 @@ def main() -> int:
         postgres.stop()
 
 
-def run(team: Team, emulator: Emulator, args: Any) -> int:
+def run(team: Team, emulator: Emulator, args: argparse.Namespace) -> int:
     names = {replica.upstream: replica.name for replica in team.replicas}
     started = time.monotonic()
     with LeaseWatch(team) as leases:
