@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import CallToolResult
 from pydantic import SecretStr
 
@@ -114,6 +116,36 @@ async def test_another_users_job_is_answered_like_a_job_that_does_not_exist(
     assert {job["job_id"] for job in alices_spend["most_expensive"]} == {done_id, queued_id}
     assert bobs_spend["periods"][0]["total_usd"] == 0 and bobs_spend["most_expensive"] == []
     assert '"total_usd": 0.0' in bobs_spend_resource and done_id not in bobs_spend_resource
+
+
+async def test_a_user_hears_only_of_their_own_jobs_even_listening_for_anothers(
+    oauth_settings: Settings, issuer: Issuer, audience: str, sock: socket.socket, emulator: Emulator
+) -> None:
+    emulator.config.job_seconds = 0.5
+    server = build_server(oauth_settings)
+    with serve(http_app(server, "streamable-http", port=sock.getsockname()[1]), sock) as origin:
+        async with (
+            as_user(origin, issuer, audience, "alice") as alice,
+            as_user(origin, issuer, audience, "bob") as bob,
+        ):
+            alices_job = (await alice.call_tool("submit_job", SCHNELL)).structured_content["job_id"]
+            alices_uri = f"flux://jobs/{alices_job}"
+            async with (
+                alice.listen(resource_subscriptions=[alices_uri]) as alices_events,
+                bob.listen(resource_subscriptions=[alices_uri], resources_list_changed=True) as bobs_events,
+            ):
+                done = await alice.call_tool("check_status", {"job_id": alices_job, "wait_seconds": 10})
+                assert done.structured_content["status"] == "completed", done.content
+                with anyio.fail_after(5):
+                    alices_first = await anext(aiter(alices_events))
+                # Everything about Alice's job was published before Bob's own job is made: had any of
+                # it reached Bob, it would come first.
+                made = await bob.call_tool("generate_image", SCHNELL)
+                assert made.structured_content["status"] == "completed", made.content
+                with anyio.fail_after(5):
+                    bobs_first = await anext(aiter(bobs_events))
+    assert isinstance(alices_first, ResourceUpdated) and alices_first.uri == alices_uri
+    assert isinstance(bobs_first, ResourcesListChanged), bobs_first  # his own image list, not Alice's job
 
 
 async def test_each_user_spends_their_own_budget_and_an_override_beats_the_default(

@@ -23,7 +23,8 @@ from pydantic import SecretStr, ValidationError
 from fal_flux_mcp.emulator import Emulator
 from fal_flux_mcp.fal import FalClient
 from fal_flux_mcp.server import build_server
-from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus
+from fal_flux_mcp.server._bus_postgres import PostgresSubscriptionBus, decode, encode
+from fal_flux_mcp.server._events import ImagesChanged, JobChanged
 from fal_flux_mcp.server._jobs import JobService
 from fal_flux_mcp.server._journal import JobRecord, Journal, open_journal
 from fal_flux_mcp.server._records import LOCAL_OWNER
@@ -328,3 +329,8 @@ async def test_notifications_flow_again_after_the_database_drops_the_connections
         group.cancel_scope.cancel()
     await publishing.aclose()
     assert heard[0] == ResourceUpdated(uri="before")
+
+
+def test_an_event_keeps_its_owner_across_the_database() -> None:
+    for event in (JobChanged(uri="flux://jobs/j1", owner="alice"), ImagesChanged(owner="bob")):
+        assert decode(encode(event, "replica-a")) == ("replica-a", event)

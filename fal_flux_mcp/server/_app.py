@@ -21,7 +21,6 @@ from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
-    ResourcesListChanged,
     ResourceUpdated,
     ServerEvent,
 )
@@ -41,6 +40,7 @@ from pydantic import AnyUrl, BaseModel
 from fal_flux_mcp._version import __version__
 from fal_flux_mcp.server._apps import build_apps, client_supports_apps, for_client
 from fal_flux_mcp.server._arguments import check_arguments
+from fal_flux_mcp.server._events import ImagesChanged, JobChanged, OwnersBus
 from fal_flux_mcp.server._identity import current_user, user_for
 from fal_flux_mcp.server._images import sniff_content_type
 from fal_flux_mcp.server._jobs import JobService
@@ -82,7 +82,8 @@ class FluxServer(MCPServer[AppState]):
     """``MCPServer`` that lists recent images as resources and serves each image with its real type."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.bus = open_bus(settings)
+        #: Every replica's events, filtered per user for the clients' listen streams (see ``_events``).
+        self.bus = OwnersBus(open_bus(settings), settings)
         super().__init__(subscriptions=self.bus, extensions=[build_apps()], **kwargs)
         self.flux_settings = settings
         self.state: AppState | None = None
@@ -284,17 +285,17 @@ def build_server(settings: Settings | None = None) -> FluxServer:
         assert isinstance(server, FluxServer)
         journal = open_journal(settings)
         jobs = JobService(settings, journal)
-        stop_waking = server.bus.subscribe(_wake_waiters(jobs))
-        shared_bus = None if isinstance(server.bus, InMemorySubscriptionBus) else server.bus
+        stop_waking = server.bus.subscribe_all(_wake_waiters(jobs))
+        shared_bus = None if isinstance(server.bus.inner, InMemorySubscriptionBus) else server.bus.inner
         async with anyio.create_task_group() as group:
             jobs.background.task_group = group
             if shared_bus is not None:
                 await group.start(shared_bus.run)  # hears the other replicas from now on
 
             async def announce(record: JobRecord) -> None:
-                await server.bus.publish(ResourceUpdated(uri=job_uri(record.job_id)))
+                await server.bus.publish(JobChanged(uri=job_uri(record.job_id), owner=record.owner))
                 if record.status == "completed":
-                    await server.bus.publish(ResourcesListChanged())
+                    await server.bus.publish(ImagesChanged(owner=record.owner))
 
             jobs.on_finished = announce
             state = AppState(settings=settings, journal=journal, jobs=jobs)

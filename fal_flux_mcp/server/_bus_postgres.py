@@ -27,6 +27,8 @@ from anyio.abc import TaskStatus
 from mcp.server.subscriptions import InMemorySubscriptionBus, ServerEvent
 from mcp.shared.subscriptions import event_from_wire, event_to_notification
 
+from fal_flux_mcp.server._events import owner_of, with_owner
+
 logger = logging.getLogger("fal_flux_mcp.server")
 
 #: The channel every replica of one database publishes on and listens to.
@@ -37,10 +39,12 @@ _RECONNECT_MAX = 10.0
 
 
 def encode(event: ServerEvent, origin: str) -> str:
-    """An event as a NOTIFY payload: the MCP notification it becomes, and which replica sent it."""
+    """An event as a NOTIFY payload: the MCP notification it becomes, whose it is, and which replica sent it."""
     notification = event_to_notification(event, {}).model_dump(mode="json", by_alias=True, exclude_none=True)
     params = {key: value for key, value in (notification.get("params") or {}).items() if key != "_meta"}
-    return json.dumps({"origin": origin, "method": notification["method"], "params": params})
+    return json.dumps(
+        {"origin": origin, "owner": owner_of(event), "method": notification["method"], "params": params}
+    )
 
 
 def decode(payload: str) -> tuple[str, ServerEvent] | None:
@@ -49,11 +53,12 @@ def decode(payload: str) -> tuple[str, ServerEvent] | None:
         message = json.loads(payload)
         event = event_from_wire(message["method"], message.get("params"))
         origin = message["origin"]
-    except (ValueError, KeyError, TypeError):
+        owner = message.get("owner")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    if event is None or not isinstance(origin, str):
+    if event is None or not isinstance(origin, str) or not isinstance(owner, str | None):
         return None
-    return origin, event
+    return origin, with_owner(event, owner)
 
 
 class PostgresSubscriptionBus:
