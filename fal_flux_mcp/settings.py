@@ -13,61 +13,29 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import (
     AliasChoices,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fal_flux_mcp._setting_types import (
+    USER_BUDGETS,
+    UserBudget,
+    default_output_dir,
+    default_state_dir,
+    off_is_none,
+)
+
+__all__ = ["OAUTH_FIELDS", "Settings", "UserBudget", "environment_help"]
+
 #: The settings that turn OAuth on, all together.
 OAUTH_FIELDS = ("oauth_issuer", "oauth_audience", "oauth_jwks_url")
-
-
-def _off_is_none(value: object) -> object:
-    """``off`` (or an empty value) means no limit, which is None."""
-    if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
-        return None
-    return value
-
-
-#: A limit in USD: a number >= 0, or off (None): no limit.
-Limit = Annotated[Annotated[float, Field(ge=0)] | None, BeforeValidator(_off_is_none)]
-
-
-class UserBudget(BaseModel):
-    """One user's limits in ``FLUX_MCP_USER_BUDGETS``; a limit left out is everyone's default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    daily_usd: Limit = None
-    monthly_usd: Limit = None
-    max_usd_per_call: Limit = None
-
-
-_USER_BUDGETS = TypeAdapter(dict[str, UserBudget])
-
-
-def _default_output_dir() -> Path:
-    return Path(platformdirs.user_pictures_dir()) / "fal-flux-mcp"
-
-
-def _default_state_dir() -> Path:
-    state = Path(platformdirs.user_data_dir("fal-flux-mcp", appauthor=False))
-    # Until the rename the folder had the legacy name: keep using a journal that is already there, so the
-    # jobs it holds (some perhaps unfinished and paid for) are still followed.
-    legacy = Path(platformdirs.user_data_dir("flux-mcp", appauthor=False))
-    if not state.exists() and (legacy / "jobs.sqlite3").is_file():
-        return legacy
-    return state
 
 
 class Settings(BaseSettings):
@@ -102,10 +70,10 @@ class Settings(BaseSettings):
         description="How long generate_image waits before handing back a job id (under clients' ~60 s limit).",
     )
     output_dir: Path = Field(
-        default_factory=_default_output_dir, description="Absolute folder the images are saved in."
+        default_factory=default_output_dir, description="Absolute folder the images are saved in."
     )
     state_dir: Path = Field(
-        default_factory=_default_state_dir, description="Absolute folder of the job journal and previews."
+        default_factory=default_state_dir, description="Absolute folder of the job journal and previews."
     )
     allowed_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -178,13 +146,13 @@ class Settings(BaseSettings):
         description="The origin users' browsers reach this server at (e.g. https://flux.example.com, no "
         "path), for the link to the key page; unset: the origin of the MCP request.",
     )
-    max_usd_per_call: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+    max_usd_per_call: Annotated[float | None, BeforeValidator(off_is_none)] = Field(
         default=0.50,
         ge=0,
         description="The most one tool call may spend without asking the user, in USD; 0: ask every "
         "time; off: no limit.",
     )
-    daily_budget_usd: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+    daily_budget_usd: Annotated[float | None, BeforeValidator(off_is_none)] = Field(
         default=5.0,
         ge=0,
         description="The most all calls may spend per calendar day (local time) without asking, in USD; "
@@ -197,7 +165,7 @@ class Settings(BaseSettings):
         description="How long a call over a limit waits for the user to answer the spend question "
         "(on connections that ask mid-call); no answer: nothing is spent.",
     )
-    monthly_budget_usd: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+    monthly_budget_usd: Annotated[float | None, BeforeValidator(off_is_none)] = Field(
         default=None,
         ge=0,
         description="The most all calls may spend per calendar month without asking, in USD; 0: ask "
@@ -208,7 +176,7 @@ class Settings(BaseSettings):
         description='Limits per user (the OAuth token\'s sub), as JSON: {"<sub>": {"daily_usd": 5, '
         '"monthly_usd": 50, "max_usd_per_call": 1}}; a limit left out is everyone\'s (above); "off": no limit.',
     )
-    keep_days: Annotated[float | None, BeforeValidator(_off_is_none)] = Field(
+    keep_days: Annotated[float | None, BeforeValidator(off_is_none)] = Field(
         default=30.0,
         gt=0,
         description="Days the previews and journal entries of finished jobs are kept (fractions "
@@ -271,7 +239,7 @@ class Settings(BaseSettings):
         if not isinstance(value, dict):
             raise ValueError("not a JSON object of users")
         try:
-            return _USER_BUDGETS.validate_python(value)
+            return USER_BUDGETS.validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = " > ".join(repr(part) for part in first["loc"])
