@@ -276,15 +276,10 @@ class Journal(JournalLeases, ABC):
         return [row["job_id"] for row in rows]
 
     def unfinished(self) -> list[JobRecord]:
-        """Jobs fal may still be working on, oldest first: the ones to check on after a restart."""
+        """Jobs fal may still be working on, oldest first (which replica follows each: ``unfollowed``, ``lease``)."""
         rows = self.read(
             f"SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') ORDER BY created_at, {self._ORDER}"
         )
-        return [from_row(row) for row in rows]
-
-    def pending_saves(self) -> list[JobRecord]:
-        """Completed jobs with an image still to save, oldest first: retried after a restart."""
-        rows = self.read(f"SELECT * FROM jobs WHERE pending_save ORDER BY created_at, {self._ORDER}")
         return [from_row(row) for row in rows]
 
     # ------------------------------------------------------------------- users' own fal keys (sealed)
